@@ -1,0 +1,242 @@
+"""The configuration schema: one pydantic model per component, strict about unknown keys.
+
+Validation is pure: relative paths are joined to the config file's folder (passed as
+validation context) but never touched on disk here; the runtime checks files when it starts.
+"""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+_FORBIDDEN_TOPIC_CHARS = ("+", "#", "/", "\x00")
+
+
+def _resolve(value: Path, info: ValidationInfo) -> Path:
+    """Join a relative path to the config file's folder (no filesystem access)."""
+    base = (info.context or {}).get("base_dir")
+    if value.is_absolute() or base is None:
+        return value
+    return Path(base) / value
+
+
+ConfigPath = Annotated[Path, AfterValidator(_resolve)]
+
+
+def check_topic_segment(value: str) -> str:
+    """Reject names that would break or widen an MQTT topic."""
+    if not value:
+        raise ValueError("must not be empty")
+    bad = [c for c in _FORBIDDEN_TOPIC_CHARS if c in value]
+    if bad:
+        shown = ", ".join(repr(c) for c in bad)
+        raise ValueError(f"{value!r} contains {shown}, not allowed in an MQTT topic segment")
+    return value
+
+
+TopicSegment = Annotated[str, AfterValidator(check_topic_segment)]
+
+
+class Strict(BaseModel):
+    """Base for every section: unknown keys are errors, values are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class MqttConfig(Strict):
+    """Broker connection and topic layout."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(1883, ge=1, le=65535)
+    topic_prefix: str = "edge"
+    qos: Literal[0, 1, 2] = 1
+    client_id: str | None = None
+    username: str | None = None
+    password_file: ConfigPath | None = None
+    keepalive: int = Field(30, ge=5, le=3600, description="seconds")
+    reconnect_min_delay: float = Field(1.0, gt=0, description="seconds")
+    reconnect_max_delay: float = Field(30.0, gt=0, description="seconds")
+    max_inflight: int = Field(20, ge=1, le=1000)
+    max_pending: int = Field(10000, ge=10, description="messages held while the broker is away")
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        if not value or any(c in value for c in ("+", "#", "\x00")):
+            raise ValueError("must be a non-empty topic without wildcards")
+        return value.strip("/")
+
+
+class MeanStd(Strict):
+    """Per-channel normalization: (pixel - mean) / std, in the model's colour order."""
+
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    @field_validator("std")
+    @classmethod
+    def _nonzero(cls, value: tuple[float, float, float]) -> tuple[float, float, float]:
+        if any(v == 0 for v in value):
+            raise ValueError("std values must be non-zero")
+        return value
+
+
+class InputConfig(Strict):
+    """How frames are turned into the model's input tensor."""
+
+    normalize: Literal["auto", "0..255", "0..1", "-1..1"] | MeanStd = "auto"
+    resize: Literal["auto", "letterbox", "stretch"] = "auto"
+    color: Literal["rgb", "bgr"] = "rgb"
+
+
+class ModelConfig(Strict):
+    """The detector model file and how to decode it."""
+
+    path: ConfigPath
+    labels: ConfigPath | None = None
+    format: Literal["auto", "ssd", "yolov8", "yolov5"] = "auto"
+    threads: int = Field(2, ge=1, le=64)
+    nms_iou: float = Field(0.45, gt=0, le=1)
+    max_detections: int = Field(100, ge=1, le=1000)
+    input: InputConfig = InputConfig()
+
+
+class VideoSource(Strict):
+    """A video file replayed as a camera."""
+
+    type: Literal["video"]
+    path: ConfigPath
+    realtime: bool = False
+    loop: bool = False
+
+
+class ImagesSource(Strict):
+    """A folder of images (sorted by file name) replayed as a camera."""
+
+    type: Literal["images"]
+    path: ConfigPath
+    realtime: bool = False
+    loop: bool = False
+    fps: float = Field(1.0, gt=0, description="frames per second of replay time")
+
+
+class V4l2Source(Strict):
+    """A USB/V4L2 camera opened through OpenCV."""
+
+    type: Literal["v4l2"]
+    device: str | int = "/dev/video0"
+    width: int | None = Field(None, ge=1)
+    height: int | None = Field(None, ge=1)
+    fps: float | None = Field(None, gt=0)
+
+
+class RtspSource(Strict):
+    """An RTSP or HTTP(S) network stream opened through OpenCV/FFmpeg."""
+
+    type: Literal["rtsp"]
+    url: str
+    reconnect_delay: float = Field(2.0, gt=0, description="seconds")
+
+    @field_validator("url")
+    @classmethod
+    def _scheme(cls, value: str) -> str:
+        if value.split("://", 1)[0] not in ("rtsp", "rtsps", "http", "https"):
+            raise ValueError("must start with rtsp://, rtsps://, http:// or https://")
+        return value
+
+
+class Picamera2Source(Strict):
+    """A Raspberry Pi camera module through picamera2."""
+
+    type: Literal["picamera2"]
+    camera_num: int = Field(0, ge=0)
+    width: int = Field(1280, ge=64)
+    height: int = Field(720, ge=64)
+    fps: float | None = Field(None, gt=0)
+
+
+SourceConfig = Annotated[
+    VideoSource | ImagesSource | V4l2Source | RtspSource | Picamera2Source,
+    Field(discriminator="type"),
+]
+
+
+class LabelRule(Strict):
+    """Per-label overrides of the camera's filters."""
+
+    min_score: float = Field(ge=0, le=1)
+
+
+class DetectConfig(Strict):
+    """Which detections a camera reports."""
+
+    min_score: float = Field(0.5, ge=0, le=1)
+    labels: list[str] | None = None
+    per_label: dict[str, LabelRule] = {}
+
+
+class SamplesConfig(Strict):
+    """Low-confidence frames published for relabeling."""
+
+    enabled: bool = False
+    min_score: float = Field(0.3, ge=0, le=1)
+    max_score: float = Field(0.5, ge=0, le=1)
+    max_per_minute: int = Field(6, ge=0)
+    jpeg_quality: int = Field(85, ge=1, le=100)
+    max_side: int = Field(1280, ge=16)
+
+    @model_validator(mode="after")
+    def _band(self) -> SamplesConfig:
+        if self.min_score >= self.max_score:
+            raise ValueError("min_score must be below max_score")
+        return self
+
+
+class CameraConfig(Strict):
+    """One camera: where frames come from and what is published about them."""
+
+    source: SourceConfig
+    detect: DetectConfig = DetectConfig()
+    publish_empty: bool = False
+    samples: SamplesConfig = SamplesConfig()
+
+
+class LogConfig(Strict):
+    """Logging output."""
+
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "text", "json"] = "auto"
+
+
+class RuntimeConfig(Strict):
+    """Threads and shutdown."""
+
+    queue_size: int = Field(4, ge=1, le=256, description="frames buffered per camera")
+    shutdown_timeout: float = Field(10.0, ge=0, description="seconds to deliver pending messages")
+    stats_interval: float = Field(60.0, gt=0, description="seconds between stats messages")
+
+
+def _hostname() -> str:
+    return socket.gethostname().split(".")[0] or "edge-agent"
+
+
+class AgentConfig(Strict):
+    """The whole agent configuration file."""
+
+    device_id: TopicSegment = Field(default_factory=_hostname)
+    mqtt: MqttConfig = MqttConfig()
+    model: ModelConfig
+    cameras: dict[TopicSegment, CameraConfig] = Field(min_length=1)
+    log: LogConfig = LogConfig()
+    runtime: RuntimeConfig = RuntimeConfig()

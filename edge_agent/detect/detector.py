@@ -1,0 +1,185 @@
+"""The detector: model + input plan + decoder + labels, one `detect(image)` per frame."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from edge_agent.config.schema import MeanStd, ModelConfig
+from edge_agent.detect import ssd, yolo
+from edge_agent.detect.interpreter import LoadedModel, TensorSpec, load_model
+from edge_agent.detect.labels import embedded_labels, fit_labels, read_label_file
+from edge_agent.errors import ModelError
+from edge_agent.postprocess import Decoded, nms
+from edge_agent.preprocess import InputPlan, Normalize, prepare
+from edge_agent.types import Detection, Image
+
+log = logging.getLogger(__name__)
+
+FAMILIES = ("ssd", "yolov8", "yolov5")
+# Conventions of each family's training pipeline, used where the model cannot tell us.
+FAMILY_FLOAT_NORMALIZE: dict[str, Normalize] = {"ssd": "-1..1", "yolov8": "0..1", "yolov5": "0..1"}
+FAMILY_LETTERBOX = {"ssd": False, "yolov8": True, "yolov5": True}
+
+
+class Decoder(Protocol):
+    """One model family's output decoder."""
+
+    family: str
+
+    def decode(self, fetch: Any, min_score: float) -> Decoded: ...
+
+
+@dataclass(frozen=True)
+class ModelSummary:
+    """What was chosen at load time, for logs and `check-config`-style reports."""
+
+    family: str
+    runtime: str
+    input: str
+    outputs: tuple[str, ...]
+    num_classes: int
+    letterbox: bool
+    normalize: str
+
+
+def detect_family(outputs: list[TensorSpec], num_labels: int | None) -> str:
+    """Tell the model family from its output signature; ModelError if none fits."""
+    if ssd.matches(outputs):
+        return "ssd"
+    if yolo.matches_v8(outputs):
+        return "yolov5" if yolo.v5_columns(outputs, num_labels) else "yolov8"
+    seen = ", ".join(o.describe() for o in outputs) or "none"
+    raise ModelError(
+        f"unsupported output signature ({seen}); known formats: "
+        "ssd (TFLite_Detection_PostProcess: 4 outputs), yolov8 ([1,4+C,N]), yolov5 ([1,N,5+C])"
+    )
+
+
+class Detector:
+    """Runs one model on frames. Not thread-safe: use from one thread."""
+
+    def __init__(self, cfg: ModelConfig, min_score: float) -> None:
+        self.cfg = cfg
+        self.min_score = min_score
+        self.model: LoadedModel = load_model(cfg.path, cfg.threads)
+        if len(self.model.inputs) != 1 or len(self.model.inputs[0].shape) != 4:
+            shapes = [i.describe() for i in self.model.inputs]
+            raise ModelError(f"expected one NHWC image input, found {shapes}", where=str(cfg.path))
+        self.input = self.model.inputs[0]
+        raw_labels = self._raw_labels()
+        self.family = self._family(len(raw_labels) if raw_labels else None)
+        self.decoder = self._decoder()
+        self.labels = self._labels(raw_labels)
+        self.plan = self._plan()
+        self._outputs: dict[int, npt.NDArray[Any]] = {}
+        log.info("model %s: %s", cfg.path.name, self.summary())
+
+    def _raw_labels(self) -> list[str] | None:
+        if self.cfg.labels is not None:
+            return read_label_file(self.cfg.labels)
+        return embedded_labels(self.cfg.path)
+
+    def _family(self, num_labels: int | None) -> str:
+        if self.cfg.format != "auto":
+            return self.cfg.format
+        try:
+            return detect_family(self.model.outputs, num_labels)
+        except ModelError as exc:
+            raise ModelError(exc.message, where=str(self.cfg.path)) from None
+
+    def _decoder(self) -> Decoder:
+        outs = self.model.outputs
+        size = (self.input.shape[2], self.input.shape[1])
+        try:
+            if self.family == "ssd":
+                return ssd.SsdDecoder(outs)
+            if not yolo.matches_v8(outs):
+                raise ModelError("expected one rank-3 output")
+            cls = yolo.YoloV5Decoder if self.family == "yolov5" else yolo.YoloV8Decoder
+            return cls(outs[0], size)
+        except ModelError as exc:
+            seen = ", ".join(o.describe() for o in outs)
+            raise ModelError(
+                f"format {self.family!r} does not fit the outputs ({seen}): {exc.message}",
+                where=str(self.cfg.path),
+            ) from None
+
+    def _num_classes(self) -> int | None:
+        if self.family == "ssd":
+            return ssd.num_classes(self.model)
+        channels = min(self.model.outputs[0].shape[1:])
+        return channels - (5 if self.family == "yolov5" else 4)
+
+    def _labels(self, raw: list[str] | None) -> list[str]:
+        count = self._num_classes()
+        if raw is None:
+            log.warning("no labels for %s: classes are reported as class_<id>", self.cfg.path)
+            return [f"class_{i}" for i in range(count or 0)]
+        where = str(self.cfg.labels or self.cfg.path)
+        return fit_labels(raw, count, where)
+
+    def _plan(self) -> InputPlan:
+        _, height, width, _ = self.input.shape
+        resize = self.cfg.input.resize
+        letterbox = FAMILY_LETTERBOX[self.family] if resize == "auto" else resize == "letterbox"
+        return InputPlan(
+            width,
+            height,
+            self.input.dtype,
+            letterbox,
+            self.cfg.input.color == "rgb",
+            self._normalize(),
+        )
+
+    def _normalize(self) -> Normalize:
+        norm = self.cfg.input.normalize
+        if isinstance(norm, MeanStd):
+            return (norm.mean, norm.std)
+        if self.input.dtype.kind in "iu":
+            return "raw"  # integer inputs: the model's quantization already encodes the scaling
+        if norm == "auto":
+            return FAMILY_FLOAT_NORMALIZE[self.family]
+        return norm
+
+    def summary(self) -> ModelSummary:
+        """What was detected and chosen for this model."""
+        return ModelSummary(
+            family=self.family,
+            runtime=self.model.runtime,
+            input=self.input.describe(),
+            outputs=tuple(o.describe() for o in self.model.outputs),
+            num_classes=len(self.labels),
+            letterbox=self.plan.letterbox,
+            normalize=str(self.plan.normalize),
+        )
+
+    def label(self, class_id: int) -> str:
+        """Label for a class index (out-of-range ids get a synthetic name)."""
+        return self.labels[class_id] if 0 <= class_id < len(self.labels) else f"class_{class_id}"
+
+    def detect(self, image: Image) -> tuple[tuple[Detection, ...], float]:
+        """Detections in a BGR frame (after NMS, above min_score) and the time it took in ms."""
+        start = time.perf_counter()
+        tensor, transform = prepare(image, self.plan)
+        interp = self.model.interpreter
+        interp.set_tensor(self.input.index, tensor)
+        interp.invoke()
+        decoded = self.decoder.decode(lambda spec: interp.get_tensor(spec.index), self.min_score)
+        if self.family != "ssd":
+            decoded = nms(decoded, self.cfg.nms_iou, self.cfg.max_detections)
+        boxes = transform.to_frame(decoded.boxes)
+        dets = tuple(
+            Detection(self.label(int(c)), int(c), float(s), _box(b))
+            for b, s, c in zip(boxes, decoded.scores, decoded.class_ids, strict=True)
+        )
+        return dets, (time.perf_counter() - start) * 1000.0
+
+
+def _box(b: npt.NDArray[np.float32]) -> tuple[float, float, float, float]:
+    return (float(b[0]), float(b[1]), float(b[2]), float(b[3]))

@@ -1,0 +1,86 @@
+"""Post-processing shared by decoders and cameras: NMS and the per-camera filters."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from edge_agent.config.schema import DetectConfig
+from edge_agent.types import Detection
+
+FloatArray = npt.NDArray[np.float32]
+IntArray = npt.NDArray[np.int64]
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """Decoder output before labels are attached.
+
+    boxes: (N,4) float32 xyxy normalized to the model input; scores: (N,) 0..1; class_ids: (N,).
+    """
+
+    boxes: FloatArray
+    scores: FloatArray
+    class_ids: IntArray
+
+    def take(self, keep: IntArray) -> Decoded:
+        """A subset by index."""
+        return Decoded(self.boxes[keep], self.scores[keep], self.class_ids[keep])
+
+    @staticmethod
+    def empty() -> Decoded:
+        """No detections."""
+        return Decoded(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64))
+
+
+def iou_one_to_many(box: FloatArray, boxes: FloatArray) -> FloatArray:
+    """IoU of one xyxy box against (N,4) boxes."""
+    x1 = np.maximum(box[0], boxes[:, 0])
+    y1 = np.maximum(box[1], boxes[:, 1])
+    x2 = np.minimum(box[2], boxes[:, 2])
+    y2 = np.minimum(box[3], boxes[:, 3])
+    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
+    area = (box[2] - box[0]) * (box[3] - box[1])
+    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    union = area + areas - inter
+    return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0).astype(np.float32)
+
+
+def nms(
+    decoded: Decoded, iou_threshold: float, max_out: int, max_candidates: int = 3000
+) -> Decoded:
+    """Greedy class-wise NMS; result sorted by score, descending."""
+    if decoded.scores.size == 0:
+        return decoded
+    order = np.argsort(-decoded.scores, kind="stable")[:max_candidates]
+    # Shift each class into its own region so one pass never suppresses across classes.
+    span = float(np.abs(decoded.boxes).max()) + 1.0
+    shifted = decoded.boxes + (decoded.class_ids.astype(np.float32) * span)[:, None]
+    keep: list[int] = []
+    while order.size and len(keep) < max_out:
+        best = int(order[0])
+        keep.append(best)
+        rest = order[1:]
+        order = rest[iou_one_to_many(shifted[best], shifted[rest]) <= iou_threshold]
+    return decoded.take(np.asarray(keep, dtype=np.int64))
+
+
+def score_floor(detect: DetectConfig) -> float:
+    """The lowest score this camera's filters can accept."""
+    return min([detect.min_score, *(rule.min_score for rule in detect.per_label.values())])
+
+
+def camera_filter(raw: tuple[Detection, ...], detect: DetectConfig) -> tuple[Detection, ...]:
+    """Apply a camera's label allow-list and per-label thresholds."""
+    allowed = set(detect.labels) if detect.labels is not None else None
+    out = []
+    for det in raw:
+        if allowed is not None and det.label not in allowed:
+            continue
+        rule = detect.per_label.get(det.label)
+        threshold = rule.min_score if rule is not None else detect.min_score
+        if det.score >= threshold:
+            out.append(det)
+    return tuple(out)

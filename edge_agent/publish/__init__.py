@@ -1,0 +1,1 @@
+"""Publishing: message payloads and the MQTT connection."""

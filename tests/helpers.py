@@ -1,0 +1,183 @@
+"""Test helpers: a private mosquitto, a collecting subscriber, and running the real CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as paho
+import yaml
+from paho.mqtt.enums import CallbackAPIVersion
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = ROOT.parent / "shared"
+MODELS = SHARED / "models"
+MEDIA = SHARED / "media"
+VIDEO = MEDIA / "video" / "one-by-one-person-detection.mp4"
+IMAGES = MEDIA / "images"
+
+SSD = MODELS / "ssd_mobilenet_v1_coco_quant" / "detect.tflite"
+SSD_LABELS = MODELS / "ssd_mobilenet_v1_coco_quant" / "labelmap.txt"
+YOLOV8 = MODELS / "yolov8n_coco_int8_640" / "yolov8n_full_integer_quant.tflite"
+YOLO_LABELS = MODELS / "yolov8n_coco_int8_640" / "coco80_labels.txt"
+
+
+def mosquitto_binary() -> str:
+    """Path of the mosquitto broker; raises (the test fails, never skips) when absent."""
+    found = shutil.which("mosquitto") or next(
+        (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if Path(p).exists()), None
+    )
+    if found is None:
+        raise RuntimeError("mosquitto is not installed (apt-get install mosquitto)")
+    return found
+
+
+def free_port() -> int:
+    """An unused TCP port on 127.0.0.1."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Broker:
+    """A mosquitto process on a private port; can be stopped and started again."""
+
+    def __init__(self, port: int | None = None, extra_conf: str = "") -> None:
+        self.port = port or free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix="edge-agent-broker-"))
+        self.conf = self.dir / "mosquitto.conf"
+        self.conf.write_text(
+            f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
+            "max_queued_messages 100000\npersistence false\n" + extra_conf
+        )
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Broker:
+        """Start and wait until the port accepts connections."""
+        self.proc = subprocess.Popen(
+            [mosquitto_binary(), "-c", str(self.conf)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return self
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"mosquitto did not start on port {self.port}")
+
+    def stop(self) -> None:
+        """Terminate the broker."""
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(10)
+            self.proc = None
+
+
+@dataclass
+class Received:
+    """One message as a subscriber saw it."""
+
+    topic: str
+    payload: bytes
+    retain: bool
+
+    def json(self) -> Any:
+        """Payload parsed as JSON."""
+        return json.loads(self.payload)
+
+
+@dataclass
+class Subscriber:
+    """Collects every message on `topic` from a broker (QoS 1)."""
+
+    port: int
+    topic: str = "#"
+    messages: list[Received] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._lock = threading.Lock()
+        self._subscribed: queue.Queue[bool] = queue.Queue()
+        self.client = paho.Client(CallbackAPIVersion.VERSION2)
+        self.client.on_connect = lambda c, *_: c.subscribe(self.topic, qos=1)
+        self.client.on_subscribe = lambda *_: self._subscribed.put(True)
+        self.client.on_message = self._on_message
+        self.client.connect("127.0.0.1", self.port)
+        self.client.loop_start()
+        self._subscribed.get(timeout=10)
+
+    def _on_message(self, _c: Any, _u: Any, msg: Any) -> None:
+        with self._lock:
+            self.messages.append(Received(msg.topic, msg.payload, bool(msg.retain)))
+
+    def on(self, suffix: str) -> list[Received]:
+        """Messages whose topic ends with suffix."""
+        with self._lock:
+            return [m for m in self.messages if m.topic.endswith(suffix)]
+
+    def wait_for(self, predicate: Any, timeout: float) -> bool:
+        """Poll until predicate(self) is true."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate(self):
+                return True
+            time.sleep(0.05)
+        return bool(predicate(self))
+
+    def close(self) -> None:
+        """Disconnect."""
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def write_config(folder: Path, config: dict[str, Any], name: str = "agent.yaml") -> Path:
+    """Write a config dict as YAML and return its path."""
+    path = folder / name
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def base_config(port: int, model: Path, labels: Path | None, cameras: dict[str, Any]) -> dict[str, Any]:
+    """A minimal config for the test broker."""
+    model_cfg: dict[str, Any] = {"path": str(model)}
+    if labels is not None:
+        model_cfg["labels"] = str(labels)
+    return {
+        "device_id": "test-dev",
+        "mqtt": {"host": "127.0.0.1", "port": port, "topic_prefix": "edge",
+                 "reconnect_min_delay": 1, "reconnect_max_delay": 2},
+        "model": model_cfg,
+        "cameras": cameras,
+        "log": {"level": "info", "format": "text"},
+    }
+
+
+def cli(*args: str, timeout: float = 300, env: dict[str, str] | None = None,
+        ) -> subprocess.CompletedProcess[str]:
+    """Run `python -m edge_agent ARGS` and capture its output."""
+    return subprocess.run(
+        [sys.executable, "-m", "edge_agent", *args],
+        capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def start_agent(config: Path, *extra: str) -> subprocess.Popen[str]:
+    """Start `edge-agent run` in the background."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "edge_agent", "run", "--config", str(config), *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
+    )
