@@ -8,10 +8,14 @@ from edge_agent.config.schema import DetectConfig, SamplesConfig
 from edge_agent.types import Detection, FrameResult
 
 WINDOW_S = 60.0
+# Replay timestamps are epoch + offset; without slack, an entry exactly 60 s old could survive
+# or expire depending on float rounding.
+EPSILON_S = 1e-6
 
 
 class RateLimit:
-    """At most `limit` events in any window of 60 s of frame time (`ts`), sliding."""
+    """At most `limit` events in any 60 s of frame time (`ts`): an event at t is allowed when
+    fewer than `limit` allowed events have a ts in (t - 60, t]."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
@@ -19,7 +23,7 @@ class RateLimit:
 
     def allow(self, ts: float) -> bool:
         """Record and allow an event at ts, or refuse it when the window is full."""
-        while self._times and self._times[0] <= ts - WINDOW_S:
+        while self._times and self._times[0] <= ts - WINDOW_S + EPSILON_S:
             self._times.popleft()
         if len(self._times) >= self.limit:
             return False

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Fetch the model binaries listed in models/manifest.json and verify their sha256.
 
-    scripts/fetch_models.py --from ../shared/models   # copy from a local folder
-    scripts/fetch_models.py                           # download from the manifest URLs
+scripts/fetch_models.py --from ../shared/models   # copy from a local folder
+scripts/fetch_models.py                           # download from the manifest URLs
 """
 
 from __future__ import annotations
@@ -55,8 +55,12 @@ def fetch_one(rel: str, entry: dict[str, str], source: Path | None) -> str:
 
 def main() -> int:
     """Fetch every model (or the ones named) and report."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    parser.add_argument("--from", dest="source", type=Path, help="local folder with the same layout")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument(
+        "--from", dest="source", type=Path, help="local folder with the same layout"
+    )
     parser.add_argument("only", nargs="*", help="model paths to fetch (default: all)")
     args = parser.parse_args()
     manifest = json.loads((MODELS / "manifest.json").read_text())["models"]

@@ -12,8 +12,11 @@ from tests.helpers import MEDIA, MODELS, SSD, VIDEO, YOLOV8, Broker, Subscriber
 
 def pytest_sessionstart(session: pytest.Session) -> None:
     """Fail the run (never skip) when ../shared is missing."""
-    missing = [p for p in (MODELS / "MANIFEST.md", MEDIA / "MANIFEST.md", SSD, YOLOV8, VIDEO)
-               if not p.exists()]
+    missing = [
+        p
+        for p in (MODELS / "MANIFEST.md", MEDIA / "MANIFEST.md", SSD, YOLOV8, VIDEO)
+        if not p.exists()
+    ]
     if missing:
         raise pytest.UsageError(
             "shared models/media missing (expected ../shared beside the checkout): "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -150,27 +151,40 @@ def write_config(folder: Path, config: dict[str, Any], name: str = "agent.yaml")
     return path
 
 
-def base_config(port: int, model: Path, labels: Path | None, cameras: dict[str, Any]) -> dict[str, Any]:
+def base_config(
+    port: int, model: Path, labels: Path | None, cameras: dict[str, Any]
+) -> dict[str, Any]:
     """A minimal config for the test broker."""
     model_cfg: dict[str, Any] = {"path": str(model)}
     if labels is not None:
         model_cfg["labels"] = str(labels)
     return {
         "device_id": "test-dev",
-        "mqtt": {"host": "127.0.0.1", "port": port, "topic_prefix": "edge",
-                 "reconnect_min_delay": 1, "reconnect_max_delay": 2},
+        "mqtt": {
+            "host": "127.0.0.1",
+            "port": port,
+            "topic_prefix": "edge",
+            "reconnect_min_delay": 1,
+            "reconnect_max_delay": 2,
+        },
         "model": model_cfg,
         "cameras": cameras,
         "log": {"level": "info", "format": "text"},
     }
 
 
-def cli(*args: str, timeout: float = 300, env: dict[str, str] | None = None,
-        ) -> subprocess.CompletedProcess[str]:
+def cli(
+    *args: str,
+    timeout: float = 300,
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
     """Run `python -m edge_agent ARGS` and capture its output."""
     return subprocess.run(
         [sys.executable, "-m", "edge_agent", *args],
-        capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
         env={**os.environ, **(env or {})},
     )
 
@@ -179,5 +193,68 @@ def start_agent(config: Path, *extra: str) -> subprocess.Popen[str]:
     """Start `edge-agent run` in the background."""
     return subprocess.Popen(
         [sys.executable, "-m", "edge_agent", "run", "--config", str(config), *extra],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=ROOT,
     )
+
+
+class TcpProxy:
+    """Forwards 127.0.0.1:port to a broker; `down()` closes the port and every connection.
+
+    From the agent's side this is exactly a broker that is unreachable (connection refused)
+    or that dropped every client, while the real broker and the test's subscriber stay up.
+    """
+
+    def __init__(self, target_port: int, port: int | None = None) -> None:
+        self.target = target_port
+        self.port = port or free_port()
+        self._server: socket.socket | None = None
+        self._conns: list[socket.socket] = []
+        self._lock = threading.Lock()
+
+    def up(self) -> TcpProxy:
+        """Start accepting and forwarding."""
+        server = socket.socket()
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind(("127.0.0.1", self.port))
+        server.listen(16)
+        self._server = server
+        threading.Thread(target=self._accept, args=(server,), daemon=True).start()
+        return self
+
+    def _accept(self, server: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = server.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.target))
+            with self._lock:
+                self._conns += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+
+    def down(self) -> None:
+        """Stop listening and cut every forwarded connection."""
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        with self._lock:
+            for conn in self._conns:
+                with contextlib.suppress(OSError):
+                    conn.shutdown(socket.SHUT_RDWR)
+                conn.close()
+            self._conns = []

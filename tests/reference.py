@@ -48,7 +48,9 @@ class ReferenceSSD:
 
     def __call__(self, bgr: np.ndarray, threshold: float) -> list[RefDet]:
         h, w = self.inp["shape"][1:3]
-        rgb = cv2.cvtColor(cv2.resize(bgr, (w, h), interpolation=cv2.INTER_LINEAR), cv2.COLOR_BGR2RGB)
+        rgb = cv2.cvtColor(
+            cv2.resize(bgr, (w, h), interpolation=cv2.INTER_LINEAR), cv2.COLOR_BGR2RGB
+        )
         self.it.set_tensor(self.inp["index"], rgb[None].astype(np.uint8))
         self.it.invoke()
         boxes, classes, scores, count = (self.it.get_tensor(o["index"]) for o in self.out)
@@ -57,7 +59,9 @@ class ReferenceSSD:
             if scores[0, i] < threshold:
                 continue
             y1, x1, y2, x2 = (float(np.clip(v, 0, 1)) for v in boxes[0, i])
-            dets.append(RefDet(self.lines[int(classes[0, i]) + 1], float(scores[0, i]), (x1, y1, x2, y2)))
+            dets.append(
+                RefDet(self.lines[int(classes[0, i]) + 1], float(scores[0, i]), (x1, y1, x2, y2))
+            )
         return dets
 
 
@@ -75,10 +79,12 @@ class ReferenceYoloV8:
         size = int(self.inp["shape"][1])
         h, w = bgr.shape[:2]
         r = min(size / h, size / w)
-        nw, nh = int(round(w * r)), int(round(h * r))
+        nw, nh = round(w * r), round(h * r)
         left, top = (size - nw) // 2, (size - nh) // 2
         canvas = np.full((size, size, 3), 114, np.uint8)
-        canvas[top:top + nh, left:left + nw] = cv2.resize(bgr, (nw, nh), interpolation=cv2.INTER_LINEAR)
+        canvas[top : top + nh, left : left + nw] = cv2.resize(
+            bgr, (nw, nh), interpolation=cv2.INTER_LINEAR
+        )
         return cv2.cvtColor(canvas, cv2.COLOR_BGR2RGB), r, left, top
 
     def __call__(self, bgr: np.ndarray, threshold: float) -> list[RefDet]:
@@ -92,7 +98,8 @@ class ReferenceYoloV8:
         pred = out[0].T  # (N, 84)
         size = float(self.inp["shape"][1])
         h, w = bgr.shape[:2]
-        # Ultralytics' predict keeps each anchor's best class (multi_label=False), then NMS per class.
+        # Ultralytics' predict keeps each anchor's best class (multi_label=False), then
+        # runs NMS per class.
         best = pred[:, 4:].argmax(axis=1)
         best_score = pred[np.arange(len(pred)), 4 + best]
         found: list[RefDet] = []
@@ -101,8 +108,12 @@ class ReferenceYoloV8:
             cand = []
             for row in rows:
                 cx, cy, bw, bh = row[:4] * size
-                box = ((cx - bw / 2 - left) / r / w, (cy - bh / 2 - top) / r / h,
-                       (cx + bw / 2 - left) / r / w, (cy + bh / 2 - top) / r / h)
+                box = (
+                    (cx - bw / 2 - left) / r / w,
+                    (cy - bh / 2 - top) / r / h,
+                    (cx + bw / 2 - left) / r / w,
+                    (cy + bh / 2 - top) / r / h,
+                )
                 cand.append((float(row[4 + c]), tuple(float(np.clip(v, 0, 1)) for v in box)))
             cand.sort(key=lambda t: -t[0])
             kept: list[tuple[float, tuple[float, ...]]] = []
@@ -133,12 +144,21 @@ class Agreement:
         return self.extra / self.reference if self.reference else 0.0
 
 
-def _match(a_label: str, a_score: float, a_box: tuple[float, ...], others: list[tuple[str, float, tuple[float, ...]]],
-           tol: float) -> bool:
-    return any(lab == a_label and abs(s - a_score) <= tol and iou(a_box, b) >= 0.7 for lab, s, b in others)
+def _match(
+    a_label: str,
+    a_score: float,
+    a_box: tuple[float, ...],
+    others: list[tuple[str, float, tuple[float, ...]]],
+    tol: float,
+) -> bool:
+    return any(
+        lab == a_label and abs(s - a_score) <= tol and iou(a_box, b) >= 0.7 for lab, s, b in others
+    )
 
 
-def agree(reference: list[RefDet], published: list[dict], level: float, tol: float = 0.08) -> Agreement:
+def agree(
+    reference: list[RefDet], published: list[dict], level: float, tol: float = 0.08
+) -> Agreement:
     """Compare one frame: reference (decoded below `level`) vs the agent's published detections."""
     ref = [(d.label, d.score, d.box) for d in reference]
     pub = [(d["label"], float(d["score"]), tuple(d["box"])) for d in published]

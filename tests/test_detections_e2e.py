@@ -17,7 +17,16 @@ import cv2
 import pytest
 
 from tests.helpers import (
-    IMAGES, SSD, SSD_LABELS, VIDEO, YOLO_LABELS, YOLOV8, Broker, Subscriber, base_config, cli,
+    IMAGES,
+    SSD,
+    SSD_LABELS,
+    VIDEO,
+    YOLO_LABELS,
+    YOLOV8,
+    Broker,
+    Subscriber,
+    base_config,
+    cli,
     write_config,
 )
 from tests.reference import Agreement, ReferenceSSD, ReferenceYoloV8, agree, iou
@@ -47,16 +56,23 @@ MODELS = {
 
 
 @pytest.fixture(scope="module", params=sorted(MODELS))
-def run(request: pytest.FixtureRequest, broker: Broker, tmp_path_factory: pytest.TempPathFactory
-        ) -> Run:
+def run(
+    request: pytest.FixtureRequest, broker: Broker, tmp_path_factory: pytest.TempPathFactory
+) -> Run:
     name = request.param
     model, labels, ref_cls = MODELS[name]
     device = f"acc-{name}"
     cameras = {
-        "video": {"source": {"type": "video", "path": str(VIDEO)},
-                  "detect": {"min_score": THRESHOLD}, "publish_empty": True},
-        "stills": {"source": {"type": "images", "path": str(IMAGES)},
-                   "detect": {"min_score": THRESHOLD}, "publish_empty": True},
+        "video": {
+            "source": {"type": "video", "path": str(VIDEO)},
+            "detect": {"min_score": THRESHOLD},
+            "publish_empty": True,
+        },
+        "stills": {
+            "source": {"type": "images", "path": str(IMAGES)},
+            "detect": {"min_score": THRESHOLD},
+            "publish_empty": True,
+        },
     }
     cfg = base_config(broker.port, model, labels, cameras)
     cfg["device_id"] = device
@@ -64,8 +80,9 @@ def run(request: pytest.FixtureRequest, broker: Broker, tmp_path_factory: pytest
     sub = Subscriber(broker.port, f"edge/{device}/#")
     try:
         proc = cli("run", "--config", str(path), timeout=600)
-        sub.wait_for(lambda s: any(m.payload == b"offline" and not m.retain
-                                   for m in s.on("/status")), 10)
+        sub.wait_for(
+            lambda s: any(m.payload == b"offline" and not m.retain for m in s.on("/status")), 10
+        )
     finally:
         sub.close()
     frames: dict[str, dict[int, dict[str, Any]]] = {"video": {}, "stills": {}}
@@ -109,11 +126,20 @@ def test_payload_fields(run: Run) -> None:
 
 
 def _check(total: Agreement, what: str) -> None:
-    log.warning("%s: reference %d, matched %d (%.2f%%), published %d, extra %d (%.2f%%)",
-                what, total.reference, total.matched, 100 * total.matched_ratio,
-                total.published, total.extra, 100 * total.extra_ratio)
-    print(f"\n{what}: reference={total.reference} matched={total.matched_ratio:.4f} "
-          f"extra={total.extra_ratio:.4f}")
+    log.warning(
+        "%s: reference %d, matched %d (%.2f%%), published %d, extra %d (%.2f%%)",
+        what,
+        total.reference,
+        total.matched,
+        100 * total.matched_ratio,
+        total.published,
+        total.extra,
+        100 * total.extra_ratio,
+    )
+    print(
+        f"\n{what}: reference={total.reference} matched={total.matched_ratio:.4f} "
+        f"extra={total.extra_ratio:.4f}"
+    )
     assert total.reference > 0
     assert total.matched_ratio >= 0.97, what
     assert total.extra_ratio <= 0.03, what
@@ -170,17 +196,24 @@ def test_manifest_samples_reproduced(run: Run) -> None:
             continue
         body = run.frames["stills"][names.index(image)]
         w, h = body["width"], body["height"]
-        hits = [d for d in body["detections"] if d["label"] == label
-                and abs(d["score"] - score) <= 0.015]
+        hits = [
+            d
+            for d in body["detections"]
+            if d["label"] == label and abs(d["score"] - score) <= 0.015
+        ]
         if box is not None:
             norm = [box[0] / w, box[1] / h, box[2] / w, box[3] / h]
             hits = [d for d in hits if iou(d["box"], norm) >= 0.9]
-        assert hits, f"{model} {image}: no {label} {score} {box} in {json.dumps(body['detections'])}"
+        assert hits, (
+            f"{model} {image}: no {label} {score} {box} in {json.dumps(body['detections'])}"
+        )
 
 
 def test_images_camera_saw_every_file(run: Run) -> None:
-    sizes = [(run.frames["stills"][i]["width"], run.frames["stills"][i]["height"])
-             for i in range(len(IMAGE_FILES))]
+    sizes = [
+        (run.frames["stills"][i]["width"], run.frames["stills"][i]["height"])
+        for i in range(len(IMAGE_FILES))
+    ]
     expected = [(cv2.imread(str(p)).shape[1], cv2.imread(str(p)).shape[0]) for p in IMAGE_FILES]
     assert sizes == expected
 

@@ -78,7 +78,17 @@ class Detector:
         self.labels = self._labels(raw_labels)
         self.plan = self._plan()
         self._outputs: dict[int, npt.NDArray[Any]] = {}
-        log.info("model %s: %s", cfg.path.name, self.summary())
+        info = self.summary()
+        log.info(
+            "model %s: format %s (%s), input %s, %d classes, resize %s, input values %s",
+            cfg.path.name,
+            info.family,
+            "configured" if cfg.format != "auto" else "detected",
+            info.input,
+            info.num_classes,
+            "letterbox" if info.letterbox else "stretch",
+            info.normalize,
+        )
 
     def _raw_labels(self) -> list[str] | None:
         if self.cfg.labels is not None:

@@ -1,0 +1,148 @@
+"""Sources: replay determinism, and the picamera2 backend against a fake module with its API."""
+
+from __future__ import annotations
+
+import sys
+import types
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import pytest
+
+from edge_agent.config.schema import CameraConfig
+from edge_agent.errors import SourceError
+from edge_agent.sources import create_source
+from tests.helpers import IMAGES, VIDEO
+
+
+def _camera(source: dict[str, Any]) -> CameraConfig:
+    return CameraConfig.model_validate({"source": source})
+
+
+def test_video_replay_indices_and_timestamps() -> None:
+    src = create_source("v", _camera({"type": "video", "path": str(VIDEO)}), start_ts=1000.0)
+    src.open()
+    frames = [src.read() for _ in range(25)]
+    src.close()
+    assert [f.index for f in frames if f] == list(range(25))
+    assert [f.ts for f in frames if f] == pytest.approx([1000.0 + i / 10 for i in range(25)])
+    assert frames[0] is not None and frames[0].image.shape == (432, 768, 3)
+
+
+def test_video_loop_restarts() -> None:
+    src = create_source("v", _camera({"type": "video", "path": str(VIDEO), "loop": True}), 0.0)
+    src.open()
+    count = 0
+    while count < 1400:
+        frame = src.read()
+        assert frame is not None
+        count += 1
+    assert frame.index == 1399
+    src.close()
+
+
+def test_images_sorted_and_ends(tmp_path: Path) -> None:
+    src = create_source("i", _camera({"type": "images", "path": str(IMAGES), "fps": 2}), 0.0)
+    src.open()
+    frames = []
+    while (frame := src.read()) is not None:
+        frames.append(frame)
+    names = sorted(p.name for p in IMAGES.iterdir() if p.is_file())
+    assert len(frames) == len(names)
+    assert [f.ts for f in frames] == pytest.approx([i / 2 for i in range(len(names))])
+
+
+def test_images_skip_unreadable(tmp_path: Path) -> None:
+    (tmp_path / "a.jpg").write_bytes(b"not a jpeg")
+    (tmp_path / "b.png").write_bytes((IMAGES / "zidane.jpg").read_bytes())
+    src = create_source("i", _camera({"type": "images", "path": str(tmp_path)}), 0.0)
+    src.open()
+    frame = src.read()
+    assert frame is not None and frame.index == 1  # index stays the sorted position
+    assert src.read() is None
+    assert src.unreadable == 1  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        {"type": "images", "path": "/nonexistent/folder"},
+        {"type": "video", "path": "/nonexistent/clip.mp4"},
+    ],
+)
+def test_missing_replay_path(source: dict[str, Any]) -> None:
+    with pytest.raises(SourceError, match="not found"):
+        create_source("x", _camera(source), 0.0).open()
+
+
+class FakePicamera2:
+    """Mimics the picamera2.Picamera2 calls edge-agent makes (hardware fake only)."""
+
+    instances: ClassVar[list[FakePicamera2]] = []
+
+    def __init__(self, camera_num: int = 0) -> None:
+        self.camera_num = camera_num
+        self.config: dict[str, Any] | None = None
+        self.started = False
+        self.closed = False
+        FakePicamera2.instances.append(self)
+
+    def create_video_configuration(
+        self, main: dict[str, Any], controls: dict[str, Any]
+    ) -> dict[str, Any]:
+        return {"main": main, "controls": controls}
+
+    def configure(self, config: dict[str, Any]) -> None:
+        self.config = config
+
+    def start(self) -> None:
+        self.started = True
+
+    def capture_array(self, name: str = "main") -> np.ndarray:
+        assert self.started and name == "main" and self.config is not None
+        w, h = self.config["main"]["size"]
+        return np.full((h, w, 4), 7, np.uint8)  # XBGR8888-style 4 channels
+
+    def stop(self) -> None:
+        self.started = False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_picamera2_backend_with_fake_module(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = types.ModuleType("picamera2")
+    fake.Picamera2 = FakePicamera2  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "picamera2", fake)
+    cfg = _camera({"type": "picamera2", "camera_num": 1, "width": 320, "height": 240, "fps": 5})
+    src = create_source("pi", cfg, 0.0)
+    src.open()
+    cam = FakePicamera2.instances[-1]
+    assert cam.camera_num == 1
+    assert cam.config == {
+        "main": {"size": (320, 240), "format": "RGB888"},
+        "controls": {"FrameDurationLimits": (200000, 200000)},
+    }
+    frames = [src.read(), src.read()]
+    assert [f.index for f in frames if f] == [0, 1]
+    assert frames[0] is not None and frames[0].image.shape == (240, 320, 3)
+    assert src.live
+    src.close()
+    assert cam.closed
+
+
+def test_picamera2_missing_is_clear(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "picamera2", None)  # import raises ImportError
+    src = create_source("pi", _camera({"type": "picamera2"}), 0.0)
+    with pytest.raises(SourceError, match="picamera2 is not installed"):
+        src.open()
+
+
+def test_rtsp_unreachable_is_clear() -> None:
+    src = create_source(
+        "net", _camera({"type": "rtsp", "url": "rtsp://user:secret@127.0.0.1:9/x"}), 0.0
+    )
+    with pytest.raises(SourceError) as info:
+        src.open()
+    assert "secret" not in str(info.value) and "cannot open stream" in str(info.value)
