@@ -26,6 +26,7 @@ from edge_agent.types import Frame
 log = logging.getLogger(__name__)
 
 JOIN_TIMEOUT = 5.0
+PROGRESS_INTERVAL = 10.0  # seconds between progress log lines
 
 
 class Agent:
@@ -114,11 +115,16 @@ class Agent:
         self._pub().start()
         self._start_threads()
         next_stats = time.monotonic() + self.cfg.runtime.stats_interval
+        next_progress = time.monotonic() + PROGRESS_INTERVAL
         while not self.stop.is_set() and not self._pipeline_done.is_set():
             self.stop.wait(0.2)
-            if time.monotonic() >= next_stats:
+            now = time.monotonic()
+            if now >= next_stats:
                 self._publish_stats()
                 next_stats += self.cfg.runtime.stats_interval
+            if now >= next_progress:
+                self._log_progress()
+                next_progress += PROGRESS_INTERVAL
         self._shutdown()
         return 0
 
@@ -179,6 +185,15 @@ class Agent:
             # One bad frame must not stop the camera or lose what was already captured.
             self.counters.inc(f"frames.errors.{name}")
             log.exception("camera %s: frame %d failed", name, frame.index)
+
+    def _log_progress(self) -> None:
+        parts = []
+        for name, source in self.sources.items():
+            done = self.counters.get(f"frames.processed.{name}")
+            total = getattr(source, "total", None)
+            parts.append(f"{name} {done}/{total}" if total else f"{name} {done}")
+        pending = self.publisher.undelivered() if self.publisher is not None else 0
+        log.info("progress: frames %s; %d messages undelivered", ", ".join(parts), pending)
 
     def _pub(self) -> MqttPublisher:
         if self.publisher is None:

@@ -46,7 +46,8 @@ def watch(host: str, port: int, topic: str, count: int, until_offline: bool, tim
                 msg = inbox.get(timeout=0.2)
             except queue.Empty:
                 continue
-            print(summarize(msg.topic, msg.payload), flush=True)
+            line = summarize(msg.topic, msg.payload)
+            print(f"{line} (retained)" if msg.retain else line, flush=True)
             seen += 1
             if count and seen >= count:
                 break

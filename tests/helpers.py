@@ -54,13 +54,23 @@ def free_port() -> int:
 class Broker:
     """A mosquitto process on a private port; can be stopped and started again."""
 
-    def __init__(self, port: int | None = None, extra_conf: str = "") -> None:
+    def __init__(
+        self, port: int | None = None, extra_conf: str = "", persistent: bool = False
+    ) -> None:
         self.port = port or free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="edge-agent-broker-"))
+        self.dir.chmod(0o777)  # mosquitto started as root drops to its own user
         self.conf = self.dir / "mosquitto.conf"
+        # Persistence keeps subscriber sessions (and their queued QoS 1 messages) across a
+        # broker restart, so a test subscriber misses nothing while the broker is down.
+        persistence = (
+            f"persistence true\npersistence_location {self.dir}/\nautosave_interval 1\n"
+            if persistent
+            else "persistence false\n"
+        )
         self.conf.write_text(
             f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
-            "max_queued_messages 100000\npersistence false\n" + extra_conf
+            "max_queued_messages 100000\n" + persistence + extra_conf
         )
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -108,11 +118,17 @@ class Subscriber:
     port: int
     topic: str = "#"
     messages: list[Received] = field(default_factory=list)
+    client_id: str = ""  # set for a persistent session (clean_session false)
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
         self._subscribed: queue.Queue[bool] = queue.Queue()
-        self.client = paho.Client(CallbackAPIVersion.VERSION2)
+        if self.client_id:
+            self.client = paho.Client(
+                CallbackAPIVersion.VERSION2, client_id=self.client_id, clean_session=False
+            )
+        else:
+            self.client = paho.Client(CallbackAPIVersion.VERSION2)
         self.client.on_connect = lambda c, *_: c.subscribe(self.topic, qos=1)
         self.client.on_subscribe = lambda *_: self._subscribed.put(True)
         self.client.on_message = self._on_message

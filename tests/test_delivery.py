@@ -56,6 +56,38 @@ def test_broker_down_at_start_then_delivers(broker: Broker, tmp: Path) -> None:
         sub.close()
 
 
+def test_real_broker_absent_at_start_then_started(tmp: Path) -> None:
+    """The literal case: no broker process at all on the port, then mosquitto starts."""
+    broker = Broker(persistent=True).start()
+    sub = Subscriber(broker.port, "edge/down-2/#", client_id="down-2-watcher")
+    sub.close()
+    broker.stop()  # the subscriber's session (and subscription) is saved to disk
+    cfg = base_config(
+        broker.port,
+        SSD,
+        SSD_LABELS,
+        {
+            "stills": {"source": {"type": "images", "path": str(IMAGES)}, "publish_empty": True},
+        },
+    )
+    cfg["device_id"] = "down-2"
+    agent = start_agent(write_config(tmp, cfg))
+    sub = None
+    try:
+        time.sleep(5)
+        assert agent.poll() is None, "agent exited while the broker was down"
+        broker.start()
+        assert agent.wait(60) == 0
+        sub = Subscriber(broker.port, "edge/down-2/#", client_id="down-2-watcher")
+        sub.wait_for(lambda s: len(_frames(s, "down-2", "stills")) >= N_IMAGES, 10)
+        assert sorted(_frames(sub, "down-2", "stills")) == list(range(N_IMAGES))
+    finally:
+        agent.kill()
+        if sub is not None:
+            sub.close()
+        broker.stop()
+
+
 def test_connection_cut_mid_stream_loses_nothing(broker: Broker, tmp: Path) -> None:
     proxy = TcpProxy(broker.port).up()
     sub = Subscriber(broker.port, "edge/cut-1/#")

@@ -43,6 +43,7 @@ class VideoFileSource:
         self._index = 0
         self._fps = 0.0
         self._pacer: _Pacer | None = None
+        self.total: int | None = None  # frames in the file, for progress (None when looping)
 
     def open(self) -> None:
         """Open the file and prove it decodes by reading its first frame position."""
@@ -57,6 +58,8 @@ class VideoFileSource:
         cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
         fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
         self._fps = fps if 0 < fps < 1000 else 25.0
+        count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+        self.total = count if count > 0 and not self.cfg.loop else None
         self._cap = cap
         self._pacer = _Pacer(self._fps) if self.cfg.realtime else None
         log.info("camera %s: video %s at %.2f fps", self.camera, path, self._fps)
@@ -101,6 +104,7 @@ class ImageFolderSource:
         self._index = 0
         self._pacer: _Pacer | None = None
         self.unreadable = 0
+        self.total: int | None = None
 
     def open(self) -> None:
         """List the folder's images (files directly in it)."""
@@ -113,6 +117,7 @@ class ImageFolderSource:
         if not self._files:
             raise SourceError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {folder}")
         self._pacer = _Pacer(self.cfg.fps) if self.cfg.realtime else None
+        self.total = None if self.cfg.loop else len(self._files)
         log.info("camera %s: %d images in %s", self.camera, len(self._files), folder)
 
     def read(self) -> Frame | None:
