@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import difflib
 import logging
+import os
+import sqlite3
 import threading
 import time
 
@@ -19,6 +21,7 @@ from edge_agent.health import Counters
 from edge_agent.pipeline import END, CameraStage, FrameSlot, PublishContext
 from edge_agent.postprocess import score_floor
 from edge_agent.publish.mqtt import MqttPublisher
+from edge_agent.publish.outbox import MemoryStore, Outbox, default_path, open_store
 from edge_agent.publish.payloads import stats_message
 from edge_agent.sources import FrameSource, create_source
 from edge_agent.types import Frame
@@ -69,7 +72,7 @@ class Agent:
                     exc.message, where=self.loaded.where("cameras", name, "source")
                 ) from None
             self.sources[name] = source
-        self.publisher = MqttPublisher(cfg.mqtt, cfg.device_id, self.counters)
+        self.publisher = MqttPublisher(cfg.mqtt, cfg.device_id, self.counters, self._outbox())
         ctx = PublishContext(
             self.publisher.topics,
             cfg.device_id,
@@ -83,6 +86,20 @@ class Agent:
                 name, self.sources[name].live, cfg.runtime.queue_size, self.counters, self._wake
             )
             self.stages[name] = CameraStage(name, cam, ctx)
+
+    def _outbox(self) -> Outbox:
+        cfg = self.cfg.outbox
+        if not cfg.enabled:
+            log.warning("outbox disabled: undelivered messages are lost if the agent stops")
+            return Outbox(MemoryStore(), cfg, self.counters)
+        path = cfg.path or default_path(self.cfg.device_id, dict(os.environ))
+        try:
+            store = open_store(path, cfg.sync, self.counters)
+        except (OSError, sqlite3.Error) as exc:
+            where = self.loaded.where("outbox", "path") if cfg.path else "outbox"
+            raise ConfigError(f"cannot open outbox {path}: {exc}", where=where) from None
+        log.info("outbox: %s (max %d bytes, max age %.0fs)", path, cfg.max_bytes, cfg.max_age)
+        return Outbox(store, cfg, self.counters)
 
     def _where_model(self, exc: UserError) -> str:
         key = (

@@ -185,6 +185,7 @@ def base_config(
         },
         "model": model_cfg,
         "cameras": cameras,
+        "outbox": {"path": str(Path(tempfile.mkdtemp(prefix="edge-agent-outbox-")) / "o.db")},
         "log": {"level": "info", "format": "text"},
     }
 

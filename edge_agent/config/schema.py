@@ -13,6 +13,7 @@ from typing import Annotated, Literal
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationInfo,
@@ -54,11 +55,72 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+_DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_SIZE_UNITS = {
+    "b": 1,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+}
+
+
+def _duration(value: object) -> object:
+    """Accept seconds as a number or a string like `90s`, `15m`, `24h`, `7d`."""
+    if isinstance(value, str):
+        text = value.strip().lower()
+        unit = text[-1:] if text[-1:] in _DURATION_UNITS else "s"
+        number = text[:-1] if text[-1:] in _DURATION_UNITS else text
+        try:
+            return float(number) * _DURATION_UNITS[unit]
+        except ValueError:
+            raise ValueError(f"{value!r} is not a duration (e.g. 30, 90s, 15m, 24h, 7d)") from None
+    return value
+
+
+def _size(value: object) -> object:
+    """Accept bytes as a number or a string like `500MB`, `1GiB`."""
+    if isinstance(value, str):
+        text = value.strip().lower().replace(" ", "")
+        digits = text.rstrip("abcdefghijklmnopqrstuvwxyz")
+        unit = text[len(digits) :] or "b"
+        if unit not in _SIZE_UNITS or not digits:
+            raise ValueError(f"{value!r} is not a size (e.g. 104857600, 100MB, 1GiB)")
+        return int(float(digits) * _SIZE_UNITS[unit])
+    return value
+
+
+Seconds = Annotated[float, BeforeValidator(_duration), Field(ge=0)]
+Bytes = Annotated[int, BeforeValidator(_size), Field(ge=0)]
+
+
+class TlsConfig(Strict):
+    """TLS to the broker; `ca_file` absent = the system CA store."""
+
+    enabled: bool = False
+    ca_file: ConfigPath | None = None
+    cert_file: ConfigPath | None = None
+    key_file: ConfigPath | None = None
+    insecure: bool = Field(False, description="skip hostname verification (testing only)")
+
+    @model_validator(mode="after")
+    def _pair(self) -> TlsConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together (mutual TLS)")
+        return self
+
+
 class MqttConfig(Strict):
     """Broker connection and topic layout."""
 
     host: str = "127.0.0.1"
     port: int = Field(1883, ge=1, le=65535)
+    protocol: Literal["5", "3.1.1"] = "5"
+    tls: TlsConfig = TlsConfig()
+    message_expiry: Seconds | None = Field(None, description="MQTT 5: broker drops older")
+    session_expiry: Seconds = Field(0, description="MQTT 5 session expiry interval")
     topic_prefix: str = "edge"
     qos: Literal[0, 1, 2] = 1
     client_id: str | None = None
@@ -68,7 +130,11 @@ class MqttConfig(Strict):
     reconnect_min_delay: float = Field(1.0, gt=0, description="seconds")
     reconnect_max_delay: float = Field(30.0, gt=0, description="seconds")
     max_inflight: int = Field(20, ge=1, le=1000)
-    max_pending: int = Field(10000, ge=10, description="messages held while the broker is away")
+
+    @field_validator("protocol", mode="before")
+    @classmethod
+    def _protocol_text(cls, value: object) -> object:
+        return str(value) if isinstance(value, int | float) else value
 
     @field_validator("topic_prefix")
     @classmethod
@@ -219,6 +285,18 @@ class LogConfig(Strict):
     format: Literal["auto", "text", "json"] = "auto"
 
 
+class OutboxConfig(Strict):
+    """The on-disk spool every message passes through until the broker acknowledges it."""
+
+    enabled: bool = True
+    path: ConfigPath | None = Field(None, description="default: <state dir>/outbox-<device>.db")
+    max_bytes: Bytes = 100 * 2**20
+    max_age: Seconds = 7 * 86400.0
+    sync: Literal["normal", "full"] = Field(
+        "normal", description="normal: survives a killed agent; full: also power loss (slower)"
+    )
+
+
 class RuntimeConfig(Strict):
     """Threads and shutdown."""
 
@@ -238,5 +316,6 @@ class AgentConfig(Strict):
     mqtt: MqttConfig = MqttConfig()
     model: ModelConfig
     cameras: dict[TopicSegment, CameraConfig] = Field(min_length=1)
+    outbox: OutboxConfig = OutboxConfig()
     log: LogConfig = LogConfig()
     runtime: RuntimeConfig = RuntimeConfig()

@@ -1,8 +1,10 @@
-"""MQTT delivery: a bounded pending queue handed to paho while connected, acked by PUBACK.
+"""MQTT delivery from the outbox: one thread owns the paho client, its socket and its state.
 
-paho callbacks run on paho's network thread and only put events on a queue; one sender
-thread owns all state. Messages handed to paho stay in paho's session until acknowledged
-and paho re-sends them after a reconnect, so nothing in flight is lost while the process runs.
+The thread connects (TLS and auth as configured), reconnects with exponential backoff and
+jitter, runs paho's network loop, and feeds messages from the outbox into a bounded in-flight
+window. paho callbacks run inside that loop and only put events on a queue. A message leaves
+the outbox when the broker acknowledges it; after a reconnect paho re-sends what was in flight,
+and after a restart the outbox replays everything it still holds, in order.
 """
 
 from __future__ import annotations
@@ -10,25 +12,30 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import random
+import ssl
 import threading
 import time
-from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from edge_agent.config.schema import MqttConfig
 from edge_agent.errors import ConfigError
 from edge_agent.health import Counters
+from edge_agent.publish.outbox import Outbox, Stored
 from edge_agent.publish.payloads import OutMessage, Topics
 
 log = logging.getLogger(__name__)
 
 PASSWORD_ENV = "EDGE_AGENT_MQTT_PASSWORD"  # noqa: S105 (a variable name, not a secret)
-DROP_ORDER = ("samples", "stats", "detections")  # first kind in this list is dropped first
+LOOP_TIMEOUT = 0.02  # seconds paho's loop waits for socket activity per turn
+EXPIRE_EVERY = 10.0  # seconds between outbox age checks
 
 
 def read_password(cfg: MqttConfig) -> str | None:
@@ -52,91 +59,87 @@ class _Event:
     mid: int = 0
 
 
-class PendingQueue:
-    """Messages not yet handed to paho, bounded; when full, the lowest-priority oldest goes."""
+class Backoff:
+    """Exponential backoff with full jitter between min and max delay."""
 
-    def __init__(self, limit: int, counters: Counters) -> None:
-        self.limit = limit
-        self.counters = counters
-        self._lock = threading.Lock()
-        self._items: deque[OutMessage] = deque()
+    def __init__(self, low: float, high: float) -> None:
+        self.low, self.high = low, max(low, high)
+        self.attempt = 0
 
-    def put(self, msg: OutMessage) -> None:
-        """Append, dropping one message by priority (counted) when at the limit."""
-        with self._lock:
-            if len(self._items) >= self.limit:
-                self._drop_one(msg)
-                if len(self._items) >= self.limit:
-                    return
-            self._items.append(msg)
+    def next_delay(self) -> float:
+        """Delay before the next attempt, seconds."""
+        ceiling = min(self.high, self.low * 2 ** min(self.attempt, 16))
+        self.attempt += 1
+        return random.uniform(self.low / 2, ceiling)  # noqa: S311 (jitter, not crypto)
 
-    def _drop_one(self, incoming: OutMessage) -> None:
-        for kind in DROP_ORDER:
-            if kind == incoming.kind:
-                self.counters.inc(f"mqtt.dropped.{kind}")
-                log.warning("pending queue full: dropped new %s message %s", kind, incoming.id)
-                return
-            for i, old in enumerate(self._items):
-                if old.kind == kind:
-                    del self._items[i]
-                    self.counters.inc(f"mqtt.dropped.{kind}")
-                    log.warning("pending queue full: dropped %s message %s", kind, old.id)
-                    return
+    def reset(self) -> None:
+        """After a successful connection."""
+        self.attempt = 0
 
-    def pop(self) -> OutMessage | None:
-        """Oldest message, or None."""
-        with self._lock:
-            return self._items.popleft() if self._items else None
 
-    def push_front(self, msg: OutMessage) -> None:
-        """Return a message that could not be handed over."""
-        with self._lock:
-            self._items.appendleft(msg)
+def _properties(packet_type: int) -> Properties:
+    """MQTT 5 properties for a packet type (paho's constructor is untyped)."""
+    return Properties(packet_type)  # type: ignore[no-untyped-call]
 
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._items)
+
+def _tls_context(cfg: MqttConfig) -> ssl.SSLContext:
+    tls = cfg.tls
+    try:
+        ctx = ssl.create_default_context(cafile=str(tls.ca_file) if tls.ca_file else None)
+        if tls.cert_file is not None and tls.key_file is not None:
+            ctx.load_cert_chain(str(tls.cert_file), str(tls.key_file))
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"cannot load TLS files: {exc}", where="mqtt.tls") from None
+    if tls.insecure:
+        ctx.check_hostname = False
+    return ctx
 
 
 class MqttPublisher:
-    """Owns the paho client and the sender thread."""
+    """Delivers everything put in the outbox; `submit()` is safe from any thread."""
 
-    def __init__(self, cfg: MqttConfig, device_id: str, counters: Counters) -> None:
+    def __init__(self, cfg: MqttConfig, device_id: str, counters: Counters, outbox: Outbox) -> None:
         self.cfg = cfg
         self.topics = Topics(cfg.topic_prefix, device_id)
         self.counters = counters
+        self.outbox = outbox
         self.client_id = cfg.client_id or f"edge-agent-{device_id}"
-        self.pending = PendingQueue(cfg.max_pending, counters)
         self._events: queue.Queue[_Event] = queue.Queue()
-        self._inflight: dict[int, OutMessage] = {}
+        self._inflight: dict[int, Stored] = {}
+        self._cursor = 0  # highest outbox seq handed to paho
+        self._acked: list[int] = []
         self._connected = threading.Event()
+        self._socket_open = False
         self._stop = threading.Event()
-        self._idle = threading.Condition()
         self._thread: threading.Thread | None = None
-        self._last_refusal = ""
+        self._backoff = Backoff(cfg.reconnect_min_delay, cfg.reconnect_max_delay)
+        self._next_attempt = 0.0
+        self._last_error = ""
+        self._next_expire = 0.0
         self.client = self._make_client(read_password(cfg))
 
     def _make_client(self, password: str | None) -> paho.Client:
+        v5 = self.cfg.protocol == "5"
         client = paho.Client(
             CallbackAPIVersion.VERSION2,
             client_id=self.client_id,
-            protocol=paho.MQTTv311,
-            clean_session=True,
+            protocol=paho.MQTTv5 if v5 else paho.MQTTv311,
+            clean_session=None if v5 else True,
         )
         if self.cfg.username:
             client.username_pw_set(self.cfg.username, password)
+        if self.cfg.tls.enabled:
+            client.tls_set_context(_tls_context(self.cfg))
+            client.tls_insecure_set(self.cfg.tls.insecure)
         client.will_set(self.topics.status, b"offline", qos=1, retain=True)
-        client.reconnect_delay_set(
-            min_delay=max(1, round(self.cfg.reconnect_min_delay)),
-            max_delay=max(1, round(self.cfg.reconnect_max_delay)),
-        )
         client.max_inflight_messages_set(self.cfg.max_inflight)
+        client.connect_timeout = 5.0
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
         return client
 
-    # paho callbacks: hand off only.
+    # paho callbacks (inside client.loop on the publisher thread): hand off only.
     def _on_connect(self, _c: Any, _u: Any, _f: Any, rc: ReasonCode, _p: Any) -> None:
         self._events.put(_Event("connect", rc.value, str(rc)))
 
@@ -147,17 +150,23 @@ class MqttPublisher:
         self._events.put(_Event("ack", rc.value, str(rc), mid))
 
     def start(self) -> None:
-        """Begin connecting (in the background, retrying) and start the sender thread."""
-        log.info("connecting to mqtt://%s:%d as %s", self.cfg.host, self.cfg.port, self.client_id)
-        self.client.connect_async(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive)
-        self.client.loop_start()
-        self._thread = threading.Thread(target=self._run, name="mqtt-sender", daemon=True)
+        """Start the publisher thread (it connects in the background and keeps retrying)."""
+        scheme = "mqtts" if self.cfg.tls.enabled else "mqtt"
+        log.info(
+            "publishing to %s://%s:%d as %s (MQTT %s)",
+            scheme,
+            self.cfg.host,
+            self.cfg.port,
+            self.client_id,
+            self.cfg.protocol,
+        )
+        self._thread = threading.Thread(target=self._run, name="mqtt", daemon=True)
         self._thread.start()
 
     def submit(self, msg: OutMessage) -> None:
-        """Queue a message for delivery (never blocks; a full queue drops by priority)."""
-        self.pending.put(msg)
-        self.counters.inc(f"mqtt.queued.{msg.kind}")
+        """Store a message in the outbox for delivery (never blocks on the network)."""
+        if self.outbox.put(msg):
+            self.counters.inc(f"mqtt.queued.{msg.kind}")
 
     @property
     def connected(self) -> bool:
@@ -165,105 +174,194 @@ class MqttPublisher:
         return self._connected.is_set()
 
     def undelivered(self) -> int:
-        """Messages queued or in flight (not yet acknowledged)."""
-        with self._idle:
-            return len(self.pending) + len(self._inflight)
+        """Messages in the outbox (queued or in flight)."""
+        return len(self.outbox)
 
     def wait_delivered(self, timeout: float | None, stop: threading.Event | None = None) -> bool:
-        """Block until everything queued is acknowledged; False on timeout or `stop`."""
+        """Block until the outbox is empty; False on timeout or `stop`."""
         deadline = None if timeout is None else time.monotonic() + timeout
         last_log = time.monotonic()
         while self.undelivered():
-            if stop is not None and stop.is_set():
-                return False
             now = time.monotonic()
-            if deadline is not None and now >= deadline:
+            if (stop is not None and stop.is_set()) or (deadline is not None and now >= deadline):
                 return False
             if now - last_log >= 10:
                 log.info("waiting for the broker: %d messages undelivered", self.undelivered())
                 last_log = now
-            with self._idle:
-                self._idle.wait(0.1)
+            time.sleep(0.05)
         return True
 
     def close(self, timeout: float = 3.0) -> None:
-        """Publish `offline` (retained), disconnect and stop the threads."""
+        """Publish `offline` (retained), disconnect, stop the thread, close the outbox."""
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(timeout)
-        if self.connected:
-            info = self.client.publish(self.topics.status, b"offline", qos=1, retain=True)
-            try:
-                info.wait_for_publish(timeout)
-            except (RuntimeError, ValueError):
-                log.warning("could not publish offline status")
-        self.client.disconnect()
-        self.client.loop_stop()
-        lost = self.undelivered()
-        if lost:
-            self.counters.inc("mqtt.undelivered_at_exit", lost)
-            log.warning("%d messages were not delivered before exit", lost)
+            self._thread.join(timeout + 5)
+            if self._thread.is_alive():
+                log.warning("mqtt thread did not stop in time")
+        left = self.undelivered()
+        if left:
+            log.warning("%d messages stay in the outbox for the next run", left)
+        self.outbox.close()
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            try:
-                event = self._events.get(timeout=0.05)
-                self._handle(event)
-                while True:
-                    self._handle(self._events.get_nowait())
-            except queue.Empty:
-                pass
-            self._feed()
+            self._turn()
+        self._goodbye()
 
-    def _handle(self, event: _Event) -> None:
-        if event.kind == "ack":
-            with self._idle:
-                msg = self._inflight.pop(event.mid, None)
-                self._idle.notify_all()
-            if msg is not None:
-                self.counters.inc(f"mqtt.delivered.{msg.kind}")
-                log.debug("acknowledged %s", msg.id)
-        elif event.kind == "connect":
-            self._on_connected(event)
-        else:
-            self._connected.clear()
-            log.warning(
-                "disconnected from broker (%s); %d undelivered", event.reason, self.undelivered()
+    def _turn(self) -> None:
+        """One iteration: connect if needed, network I/O, events, feeding, housekeeping."""
+        now = time.monotonic()
+        if not self._socket_open:
+            if now < self._next_attempt:
+                self._stop.wait(min(0.1, self._next_attempt - now))
+                return
+            self._connect()
+            if not self._socket_open:
+                return
+        rc = self.client.loop(timeout=LOOP_TIMEOUT)
+        self._drain_events()
+        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS and self._socket_open:
+            self._lost(f"network loop: {paho.error_string(rc)}")
+        self._feed()
+        if now >= self._next_expire:
+            self.outbox.expire()
+            self._next_expire = now + EXPIRE_EVERY
+
+    def _connect(self) -> None:
+        props = None
+        if self.cfg.protocol == "5":
+            props = _properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = int(self.cfg.session_expiry)
+        try:
+            self.client.connect(
+                self.cfg.host,
+                self.cfg.port,
+                keepalive=self.cfg.keepalive,
+                clean_start=True if self.cfg.protocol == "5" else 3,
+                properties=props,
             )
+        except ssl.SSLCertVerificationError as exc:
+            self._failed(
+                f"TLS certificate not trusted: {exc.verify_message} (check mqtt.tls.ca_file)"
+            )
+        except ssl.SSLError as exc:
+            self._failed(f"TLS handshake failed: {exc.reason or exc}")
+        except (OSError, ValueError) as exc:
+            self._failed(f"cannot connect: {exc}")
+        else:
+            self._socket_open = True
+
+    def _failed(self, reason: str) -> None:
+        self.counters.inc("mqtt.connect_failures")
+        delay = self._backoff.next_delay()
+        self._next_attempt = time.monotonic() + delay
+        if reason != self._last_error:
+            log.error(
+                "broker %s:%d: %s; retrying (next in %.1fs, backing off)",
+                self.cfg.host,
+                self.cfg.port,
+                reason,
+                delay,
+            )
+            self._last_error = reason
+        else:
+            log.debug("broker still unreachable: %s; next attempt in %.1fs", reason, delay)
+
+    def _lost(self, reason: str) -> None:
+        was_connected = self.connected
+        self._connected.clear()
+        self._socket_open = False
+        self.client.disconnect()  # release the socket; paho keeps in-flight messages
+        if was_connected:
+            log.warning(
+                "connection to broker lost (%s); %d undelivered", reason, self.undelivered()
+            )
+        if was_connected:
+            self._next_attempt = time.monotonic() + self._backoff.next_delay()
+        else:
+            self._failed(reason)
+
+    def _drain_events(self) -> None:
+        while True:
+            try:
+                event = self._events.get_nowait()
+            except queue.Empty:
+                break
+            if event.kind == "ack":
+                self._ack(event)
+            elif event.kind == "connect":
+                self._on_connected(event)
+            elif self._socket_open:
+                self._lost(f"disconnected: {event.reason}")
+        if self._acked:
+            self.outbox.ack(self._acked)
+            self._acked = []
+
+    def _ack(self, event: _Event) -> None:
+        item = self._inflight.pop(event.mid, None)
+        if item is None:
+            return
+        if event.code >= 0x80:  # MQTT 5 PUBACK with an error: the broker refused this message
+            self.counters.inc(f"mqtt.rejected.{item.msg.kind}")
+            log.error("broker rejected %s on %s: %s", item.msg.id, item.msg.topic, event.reason)
+        else:
+            self.counters.inc(f"mqtt.delivered.{item.msg.kind}")
+            log.debug("acknowledged %s", item.msg.id)
+        self._acked.append(item.seq)
 
     def _on_connected(self, event: _Event) -> None:
         if event.code != 0:
             self.counters.inc("mqtt.connect_refused")
-            if event.reason != self._last_refusal:
-                log.error(
-                    "broker %s:%d refused the connection: %s (will retry)",
-                    self.cfg.host,
-                    self.cfg.port,
-                    event.reason,
-                )
-                self._last_refusal = event.reason
+            self._lost(f"broker refused the connection: {event.reason}")
             return
-        self._last_refusal = ""
+        self._last_error = ""
+        self._backoff.reset()
         self._connected.set()
         self.counters.inc("mqtt.connects")
         log.info("connected to broker %s:%d", self.cfg.host, self.cfg.port)
         self.client.publish(self.topics.status, b"online", qos=1, retain=True)
 
+    def _properties(self) -> Properties | None:
+        if self.cfg.protocol != "5" or self.cfg.message_expiry is None:
+            return None
+        props = _properties(PacketTypes.PUBLISH)
+        props.MessageExpiryInterval = int(self.cfg.message_expiry)
+        return props
+
     def _feed(self) -> None:
-        """Hand queued messages to paho while connected, up to the in-flight window."""
-        while self.connected and len(self._inflight) < self.cfg.max_inflight:
-            # Under the lock so undelivered() never sees a message in neither place.
-            with self._idle:
-                msg = self.pending.pop()
-                if msg is None:
-                    return
-                info = self.client.publish(msg.topic, msg.payload, qos=msg.qos, retain=msg.retain)
-                if info.rc == MQTTErrorCode.MQTT_ERR_QUEUE_SIZE:
-                    self.pending.push_front(msg)
-                    return
-                if msg.qos == 0:
-                    self.counters.inc(f"mqtt.delivered.{msg.kind}")
-                else:
-                    # Even on MQTT_ERR_NO_CONN paho keeps QoS>0 messages and sends them later.
-                    self._inflight[info.mid] = msg
-            log.debug("handed %s to mqtt (mid %d)", msg.id, info.mid)
+        """Hand outbox messages to paho while connected, up to the in-flight window."""
+        room = self.cfg.max_inflight - len(self._inflight)
+        if not self.connected or room <= 0:
+            return
+        for item in self.outbox.fetch(self._cursor, room):
+            msg = item.msg
+            info = self.client.publish(
+                msg.topic,
+                msg.payload,
+                qos=msg.qos,
+                retain=msg.retain,
+                properties=self._properties(),
+            )
+            if info.rc == MQTTErrorCode.MQTT_ERR_QUEUE_SIZE:
+                return
+            self._cursor = item.seq
+            if msg.qos == 0:
+                self.counters.inc(f"mqtt.delivered.{msg.kind}")
+                self._acked.append(item.seq)
+            else:
+                self._inflight[info.mid] = item
+            log.debug("sent %s (seq %d, mid %d)", msg.id, item.seq, info.mid)
+
+    def _goodbye(self) -> None:
+        """On stop: a retained `offline`, then a clean disconnect (no last will)."""
+        if self.connected:
+            info = self.client.publish(self.topics.status, b"offline", qos=1, retain=True)
+            deadline = time.monotonic() + 3.0
+            while not info.is_published() and time.monotonic() < deadline:
+                if self.client.loop(timeout=LOOP_TIMEOUT) != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                    break
+                self._drain_events()
+            self.client.disconnect()
+            self.client.loop(timeout=LOOP_TIMEOUT)
+        self._drain_events()
+        self._connected.clear()
