@@ -119,6 +119,8 @@ class Subscriber:
     topic: str = "#"
     messages: list[Received] = field(default_factory=list)
     client_id: str = ""  # set for a persistent session (clean_session false)
+    username: str = ""
+    password: str = ""
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -129,6 +131,8 @@ class Subscriber:
             )
         else:
             self.client = paho.Client(CallbackAPIVersion.VERSION2)
+        if self.username:
+            self.client.username_pw_set(self.username, self.password)
         self.client.on_connect = lambda c, *_: c.subscribe(self.topic, qos=1)
         self.client.on_subscribe = lambda *_: self._subscribed.put(True)
         self.client.on_message = self._on_message
@@ -275,3 +279,65 @@ class TcpProxy:
                     conn.shutdown(socket.SHUT_RDWR)
                 conn.close()
             self._conns = []
+
+
+class AgentProcess:
+    """`edge-agent run` in the background, its output collected line by line."""
+
+    def __init__(self, config: Path, *extra: str, env: dict[str, str] | None = None) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "edge_agent", "run", "--config", str(config), *extra],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            cwd=ROOT,
+            env={**os.environ, **(env or {})},
+        )
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    @property
+    def output(self) -> str:
+        """Everything printed so far."""
+        return "\n".join(self.lines)
+
+    def count(self, text: str) -> int:
+        """Lines containing text."""
+        return sum(1 for line in list(self.lines) if text in line)
+
+    def wait_for_line(self, text: str, timeout: float, times: int = 1) -> bool:
+        """Wait until `times` lines contain text."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.count(text) >= times:
+                return True
+            if self.proc.poll() is not None:
+                time.sleep(0.2)
+                return self.count(text) >= times
+            time.sleep(0.05)
+        return False
+
+    def rss_kib(self) -> int:
+        """Resident memory of the agent process, KiB."""
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        raise RuntimeError("no VmRSS")
+
+    def wait(self, timeout: float) -> int:
+        """Exit code (raises on timeout)."""
+        code = self.proc.wait(timeout)
+        self._reader.join(5)
+        return code
+
+    def kill(self) -> None:
+        """SIGKILL if still running."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import logging
 import os
-import queue
 import random
 import ssl
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 PASSWORD_ENV = "EDGE_AGENT_MQTT_PASSWORD"  # noqa: S105 (a variable name, not a secret)
 LOOP_TIMEOUT = 0.02  # seconds paho's loop waits for socket activity per turn
 EXPIRE_EVERY = 10.0  # seconds between outbox age checks
+ACK_BATCH = 256  # acknowledged messages removed from the outbox in one transaction...
+ACK_DELAY = 0.05  # ...or after this many seconds, or as soon as nothing is in flight
 
 
 def read_password(cfg: MqttConfig) -> str | None:
@@ -51,7 +53,7 @@ def read_password(cfg: MqttConfig) -> str | None:
     return os.environ.get(PASSWORD_ENV)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _Event:
     kind: str  # connect | disconnect | ack
     code: int = 0
@@ -104,10 +106,12 @@ class MqttPublisher:
         self.counters = counters
         self.outbox = outbox
         self.client_id = cfg.client_id or f"edge-agent-{device_id}"
-        self._events: queue.Queue[_Event] = queue.Queue()
+        # deque append/popleft are atomic: a lock-free hand-off queue for paho's callbacks.
+        self._events: deque[_Event] = deque()
         self._inflight: dict[int, Stored] = {}
         self._cursor = 0  # highest outbox seq handed to paho
         self._acked: list[int] = []
+        self._last_ack_flush = 0.0
         self._connected = threading.Event()
         self._socket_open = False
         self._stop = threading.Event()
@@ -141,13 +145,13 @@ class MqttPublisher:
 
     # paho callbacks (inside client.loop on the publisher thread): hand off only.
     def _on_connect(self, _c: Any, _u: Any, _f: Any, rc: ReasonCode, _p: Any) -> None:
-        self._events.put(_Event("connect", rc.value, str(rc)))
+        self._events.append(_Event("connect", rc.value, str(rc)))
 
     def _on_disconnect(self, _c: Any, _u: Any, _f: Any, rc: ReasonCode, _p: Any) -> None:
-        self._events.put(_Event("disconnect", rc.value, str(rc)))
+        self._events.append(_Event("disconnect", rc.value, str(rc)))
 
     def _on_publish(self, _c: Any, _u: Any, mid: int, rc: ReasonCode, _p: Any) -> None:
-        self._events.put(_Event("ack", rc.value, str(rc), mid))
+        self._events.append(_Event("ack", rc.value, "" if rc.value < 0x80 else str(rc), mid))
 
     def start(self) -> None:
         """Start the publisher thread (it connects in the background and keeps retrying)."""
@@ -165,8 +169,8 @@ class MqttPublisher:
 
     def submit(self, msg: OutMessage) -> None:
         """Store a message in the outbox for delivery (never blocks on the network)."""
-        if self.outbox.put(msg):
-            self.counters.inc(f"mqtt.queued.{msg.kind}")
+        self.outbox.put(msg)
+        self.counters.inc(f"mqtt.queued.{msg.kind}")
 
     @property
     def connected(self) -> bool:
@@ -188,7 +192,7 @@ class MqttPublisher:
             if now - last_log >= 10:
                 log.info("waiting for the broker: %d messages undelivered", self.undelivered())
                 last_log = now
-            time.sleep(0.05)
+            self.outbox.wait_empty(0.2)
         return True
 
     def close(self, timeout: float = 3.0) -> None:
@@ -205,11 +209,21 @@ class MqttPublisher:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self._turn()
-        self._goodbye()
+            try:
+                self._turn()
+            except Exception:
+                # A bug or an unexpected library error must not end delivery for good.
+                self.counters.inc("mqtt.loop_errors")
+                log.exception("mqtt loop failed; continuing")
+                self._stop.wait(1.0)
+        try:
+            self._goodbye()
+        except Exception:
+            log.exception("mqtt shutdown failed")
 
     def _turn(self) -> None:
-        """One iteration: connect if needed, network I/O, events, feeding, housekeeping."""
+        """One iteration: commit, connect if needed, network I/O, events, feeding, housekeeping."""
+        self.outbox.flush()
         now = time.monotonic()
         if not self._socket_open:
             if now < self._next_attempt:
@@ -282,20 +296,38 @@ class MqttPublisher:
             self._failed(reason)
 
     def _drain_events(self) -> None:
-        while True:
-            try:
-                event = self._events.get_nowait()
-            except queue.Empty:
-                break
+        events = self._events
+        while events:
+            event = events.popleft()
             if event.kind == "ack":
                 self._ack(event)
             elif event.kind == "connect":
                 self._on_connected(event)
             elif self._socket_open:
-                self._lost(f"disconnected: {event.reason}")
-        if self._acked:
+                self._lost(self._disconnect_reason(event))
+        self._remove_acked()
+
+    def _remove_acked(self) -> None:
+        """Delete acknowledged messages in batches (a crash in between only re-sends them)."""
+        if not self._acked:
+            return
+        now = time.monotonic()
+        if (
+            len(self._acked) >= ACK_BATCH
+            or not self._inflight
+            or now - self._last_ack_flush >= ACK_DELAY
+        ):
             self.outbox.ack(self._acked)
             self._acked = []
+            self._last_ack_flush = now
+
+    def _disconnect_reason(self, event: _Event) -> str:
+        if self.connected:
+            return f"disconnected: {event.reason}"
+        hint = ""
+        if self.cfg.tls.enabled and self.cfg.tls.cert_file is None:
+            hint = " (does it require a client certificate? set mqtt.tls.cert_file/key_file)"
+        return f"the broker closed the connection before accepting it{hint}"
 
     def _ack(self, event: _Event) -> None:
         item = self._inflight.pop(event.mid, None)
@@ -330,6 +362,7 @@ class MqttPublisher:
 
     def _feed(self) -> None:
         """Hand outbox messages to paho while connected, up to the in-flight window."""
+        # Only a window's worth goes to paho: its own queue is scanned on every PUBACK.
         room = self.cfg.max_inflight - len(self._inflight)
         if not self.connected or room <= 0:
             return
@@ -363,5 +396,6 @@ class MqttPublisher:
                 self._drain_events()
             self.client.disconnect()
             self.client.loop(timeout=LOOP_TIMEOUT)
-        self._drain_events()
+        self._socket_open = False  # our own disconnect: nothing to report
         self._connected.clear()
+        self._drain_events()

@@ -12,7 +12,7 @@ import logging
 import sqlite3
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +27,9 @@ log = logging.getLogger(__name__)
 # Lower number = dropped first when the outbox is full. Unknown kinds rank with detections.
 PRIORITY = {"samples": 0, "stats": 1, "detections": 2}
 DROP_ORDER = sorted(PRIORITY, key=PRIORITY.__getitem__)
+DROP_LOG_INTERVAL = 10.0  # seconds between "outbox full" warnings
+STAGE_LIMIT = 4 * 2**20  # staged bytes at which a producer commits without waiting
+FRESH_LIMIT = 8 * 2**20  # bytes of committed, unsent messages also kept in memory
 
 
 def priority(kind: str) -> int:
@@ -46,7 +49,7 @@ class Stored:
 class Store(Protocol):
     """Storage primitives; the Outbox applies the policy on top."""
 
-    def insert(self, item: Stored) -> None: ...
+    def insert_many(self, items: Sequence[Stored]) -> None: ...
     def rows(self, after: int, limit: int) -> list[Stored]: ...
     def oldest(self, kind: str, limit: int) -> list[int]: ...
     def older_than(self, created: float) -> list[int]: ...
@@ -61,9 +64,10 @@ class MemoryStore:
     def __init__(self) -> None:
         self._items: OrderedDict[int, Stored] = OrderedDict()
 
-    def insert(self, item: Stored) -> None:
-        """Append a message."""
-        self._items[item.seq] = item
+    def insert_many(self, items: Sequence[Stored]) -> None:
+        """Append messages."""
+        for item in items:
+            self._items[item.seq] = item
 
     def rows(self, after: int, limit: int) -> list[Stored]:
         """Up to limit messages with seq > after, in order."""
@@ -125,23 +129,29 @@ class SqliteStore:
         self.db.executescript(_SCHEMA)
         self.db.execute("SELECT count(*) FROM messages").fetchone()
 
-    def insert(self, item: Stored) -> None:
-        """Store one message (committed on return)."""
-        m = item.msg
-        self.db.execute(
-            "INSERT INTO messages VALUES (?,?,?,?,?,?,?,?,?)",
+    def insert_many(self, items: Sequence[Stored]) -> None:
+        """Store messages in one transaction (committed on return)."""
+        rows = [
             (
-                item.seq,
-                m.id,
-                m.topic,
-                m.payload,
-                m.kind,
-                m.qos,
-                int(m.retain),
-                item.created,
-                len(m.payload),
-            ),
-        )
+                i.seq,
+                i.msg.id,
+                i.msg.topic,
+                i.msg.payload,
+                i.msg.kind,
+                i.msg.qos,
+                int(i.msg.retain),
+                i.created,
+                len(i.msg.payload),
+            )
+            for i in items
+        ]
+        self.db.execute("BEGIN")
+        try:
+            self.db.executemany("INSERT INTO messages VALUES (?,?,?,?,?,?,?,?,?)", rows)
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
 
     def rows(self, after: int, limit: int) -> list[Stored]:
         """Up to limit messages with seq > after, in order."""
@@ -223,10 +233,17 @@ class Outbox:
         self.cfg = cfg
         self.counters = counters
         self._lock = threading.Lock()
+        self.changed = threading.Condition(self._lock)  # notified whenever messages leave
         self._disk: Store | None = store if isinstance(store, SqliteStore) else None
         self._disk_writable = self._disk is not None
         self._mem = store if self._disk is None else MemoryStore()
         self._count, self._bytes, self._seq = store.totals()
+        self._staged: list[OutMessage] = []
+        self._staged_bytes = 0
+        # Committed messages not yet fetched, so the hot path never reads back from disk.
+        self._fresh: deque[Stored] = deque()
+        self._fresh_bytes = 0
+        self._next_drop_log = 0.0
         if self._count:
             log.info(
                 "outbox holds %d messages (%d bytes) from a previous run; they go first",
@@ -245,30 +262,57 @@ class Outbox:
         if what != "write":
             self._disk = None
 
-    def put(self, msg: OutMessage) -> bool:
-        """Store a message; False (and counted) when the limits leave no room for it."""
-        size = len(msg.payload)
+    def put(self, msg: OutMessage) -> None:
+        """Stage a message; the publisher thread commits staged messages in one transaction
+        (group commit) before it sends any of them. A producer that outruns the publisher
+        commits itself once STAGE_LIMIT bytes are waiting."""
         with self._lock:
-            if not self._make_room(size, msg.kind):
-                self.counters.inc(f"outbox.dropped.{msg.kind}")
-                log.warning("outbox full: dropped new %s message %s", msg.kind, msg.id)
-                return False
-            self._seq += 1
-            item = Stored(self._seq, time.time(), msg)
-            self._insert(item)
-            self._count += 1
-            self._bytes += size
-        log.debug("committed %s to outbox (seq %d, %s)", msg.id, item.seq, msg.kind)
-        return True
+            self._staged.append(msg)
+            self._staged_bytes += len(msg.payload)
+            if self._staged_bytes < STAGE_LIMIT:
+                return
+        self.flush()
 
-    def _insert(self, item: Stored) -> None:
+    def flush(self) -> None:
+        """Commit staged messages, applying the size limit (drops are counted)."""
+        with self._lock:
+            batch, self._staged, self._staged_bytes = self._staged, [], 0
+            items = []
+            now = time.time()
+            for msg in batch:
+                size = len(msg.payload)
+                if not self._make_room(size, msg.kind):
+                    self.counters.inc(f"outbox.dropped.{msg.kind}")
+                    log.warning("outbox full: dropped new %s message %s", msg.kind, msg.id)
+                    continue
+                self._seq += 1
+                items.append(Stored(self._seq, now, msg))
+                self._count += 1
+                self._bytes += size
+            if items:
+                self._insert(items)
+                self._remember(items)
+        for item in items:
+            log.debug("committed %s to outbox (seq %d, %s)", item.msg.id, item.seq, item.msg.kind)
+
+    def _remember(self, items: list[Stored]) -> None:
+        self._fresh.extend(items)
+        self._fresh_bytes += sum(len(i.msg.payload) for i in items)
+        if self._fresh_bytes > FRESH_LIMIT:  # a backlog: read it back from the store instead
+            self._forget()
+
+    def _forget(self) -> None:
+        self._fresh.clear()
+        self._fresh_bytes = 0
+
+    def _insert(self, items: list[Stored]) -> None:
         if self._disk is not None and self._disk_writable:
             try:
-                self._disk.insert(item)
+                self._disk.insert_many(items)
                 return
             except (sqlite3.Error, OSError) as exc:
                 self._degrade("write", exc)
-        self._mem.insert(item)
+        self._mem.insert_many(items)
 
     def _make_room(self, size: int, kind: str) -> bool:
         """Evict lower-or-equal priority messages, oldest first, until `size` fits."""
@@ -282,12 +326,12 @@ class Outbox:
                 seqs = [s for store in self._stores() for s in self._safe_oldest(store, victim)]
                 if not seqs:
                     break
-                self._remove(seqs[:64], "dropped")
+                self._remove(seqs[:1], "dropped")  # one at a time: drop no more than needed
         return self._bytes + size <= limit
 
     def _safe_oldest(self, store: Store, kind: str) -> list[int]:
         try:
-            return store.oldest(kind, 64)
+            return store.oldest(kind, 1)
         except (sqlite3.Error, OSError) as exc:
             self._degrade("read", exc)
             return []
@@ -299,16 +343,37 @@ class Outbox:
             except (sqlite3.Error, OSError) as exc:
                 self._degrade("delete", exc)
                 continue
+            if reason != "acked" and gone:
+                self._forget()  # the cache may hold what was just removed
+            if gone:
+                self.changed.notify_all()
             for kind, size in gone:
                 self._count -= 1
                 self._bytes -= size
                 if reason != "acked":
                     self.counters.inc(f"outbox.{reason}.{kind}")
+            if reason == "dropped" and gone and time.monotonic() >= self._next_drop_log:
+                self._next_drop_log = time.monotonic() + DROP_LOG_INTERVAL
+                log.warning(
+                    "outbox full (%d bytes): dropping the oldest %s messages (counted "
+                    "in outbox.dropped.<kind>)",
+                    self.cfg.max_bytes,
+                    gone[0][0],
+                )
 
     def fetch(self, after: int, limit: int) -> list[Stored]:
-        """Up to `limit` messages with seq > after, oldest first."""
+        """Commit what is staged, then up to `limit` messages with seq > after, oldest first."""
+        self.flush()
         out: list[Stored] = []
         with self._lock:
+            fresh = self._fresh
+            while fresh and fresh[0].seq <= after:
+                self._fresh_bytes -= len(fresh.popleft().msg.payload)
+            if fresh and fresh[0].seq == after + 1:
+                while fresh and len(out) < limit:
+                    out.append(fresh.popleft())
+                    self._fresh_bytes -= len(out[-1].msg.payload)
+                return out
             for store in self._stores():
                 if len(out) >= limit:
                     break
@@ -342,7 +407,12 @@ class Outbox:
 
     def __len__(self) -> int:
         with self._lock:
-            return self._count
+            return self._count + len(self._staged)
+
+    def wait_empty(self, timeout: float) -> bool:
+        """Block up to timeout seconds for the outbox to become empty."""
+        with self.changed:
+            return self.changed.wait_for(lambda: not (self._count or self._staged), timeout)
 
     @property
     def bytes(self) -> int:
@@ -351,7 +421,8 @@ class Outbox:
             return self._bytes
 
     def close(self) -> None:
-        """Close the stores."""
+        """Commit what is staged and close the stores."""
+        self.flush()
         with self._lock:
             for store in self._stores():
                 try:
