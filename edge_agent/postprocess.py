@@ -12,22 +12,26 @@ from edge_agent.types import Detection
 
 FloatArray = npt.NDArray[np.float32]
 IntArray = npt.NDArray[np.int64]
+MATRIX_NMS_MAX = 512  # up to this many candidates one IoU matrix is cheaper than a loop
 
 
 @dataclass(frozen=True)
 class Decoded:
     """Decoder output before labels are attached.
 
-    boxes: (N,4) float32 xyxy normalized to the model input; scores: (N,) 0..1; class_ids: (N,).
+    boxes: (N,4) float32 xyxy normalized to the model input; scores: (N,) 0..1; class_ids: (N,);
+    keypoints: (N,K,2) float32 xy normalized to the model input, or None.
     """
 
     boxes: FloatArray
     scores: FloatArray
     class_ids: IntArray
+    keypoints: FloatArray | None = None
 
     def take(self, keep: IntArray) -> Decoded:
         """A subset by index."""
-        return Decoded(self.boxes[keep], self.scores[keep], self.class_ids[keep])
+        kps = self.keypoints[keep] if self.keypoints is not None else None
+        return Decoded(self.boxes[keep], self.scores[keep], self.class_ids[keep], kps)
 
     @staticmethod
     def empty() -> Decoded:
@@ -58,13 +62,37 @@ def nms(
     # Shift each class into its own region so one pass never suppresses across classes.
     span = float(np.abs(decoded.boxes).max()) + 1.0
     shifted = decoded.boxes + (decoded.class_ids.astype(np.float32) * span)[:, None]
-    keep: list[int] = []
+    if order.size <= MATRIX_NMS_MAX:
+        keep = _nms_matrix(shifted[order], iou_threshold, max_out)
+        return decoded.take(order[np.asarray(keep, dtype=np.int64)])
+    keep = []
     while order.size and len(keep) < max_out:
         best = int(order[0])
         keep.append(best)
         rest = order[1:]
         order = rest[iou_one_to_many(shifted[best], shifted[rest]) <= iou_threshold]
     return decoded.take(np.asarray(keep, dtype=np.int64))
+
+
+def _nms_matrix(boxes: FloatArray, iou_threshold: float, max_out: int) -> list[int]:
+    """Greedy NMS over score-sorted boxes using one IoU matrix (fast for few candidates)."""
+    x1, y1, x2, y2 = boxes[:, 0], boxes[:, 1], boxes[:, 2], boxes[:, 3]
+    areas = (x2 - x1) * (y2 - y1)
+    iw = np.clip(np.minimum(x2[:, None], x2) - np.maximum(x1[:, None], x1), 0, None)
+    ih = np.clip(np.minimum(y2[:, None], y2) - np.maximum(y1[:, None], y1), 0, None)
+    inter = iw * ih
+    union = areas[:, None] + areas - inter
+    overlap = inter > iou_threshold * np.maximum(union, 1e-12)
+    suppressed = np.zeros(len(boxes), dtype=bool)
+    keep: list[int] = []
+    for i in range(len(boxes)):
+        if suppressed[i]:
+            continue
+        keep.append(i)
+        if len(keep) >= max_out:
+            break
+        suppressed |= overlap[i]
+    return keep
 
 
 def score_floor(detect: DetectConfig) -> float:

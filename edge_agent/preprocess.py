@@ -41,6 +41,14 @@ class Transform:
         np.clip(out, 0.0, 1.0, out=out)
         return out
 
+    def points_to_frame(self, points: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        """Map (..., 2) xy points normalized to the input tensor onto 0..1 of the frame."""
+        out = np.empty_like(points)
+        out[..., 0] = (points[..., 0] * self.in_w - self.pad_x) / (self.scale_x * self.src_w)
+        out[..., 1] = (points[..., 1] * self.in_h - self.pad_y) / (self.scale_y * self.src_h)
+        np.clip(out, 0.0, 1.0, out=out)
+        return out
+
 
 @dataclass(frozen=True)
 class InputPlan:
@@ -52,6 +60,7 @@ class InputPlan:
     letterbox: bool
     rgb: bool
     normalize: Normalize
+    pad: int = LETTERBOX_PAD  # pixel value of letterbox bars
 
 
 def place(image: Image, plan: InputPlan) -> tuple[Image, Transform]:
@@ -61,7 +70,7 @@ def place(image: Image, plan: InputPlan) -> tuple[Image, Transform]:
         ratio = min(plan.width / src_w, plan.height / src_h)
         new_w, new_h = max(1, round(src_w * ratio)), max(1, round(src_h * ratio))
         pad_x, pad_y = (plan.width - new_w) // 2, (plan.height - new_h) // 2
-        canvas = np.full((plan.height, plan.width, 3), LETTERBOX_PAD, dtype=np.uint8)
+        canvas = np.full((plan.height, plan.width, 3), plan.pad, dtype=np.uint8)
         resized = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
         canvas[pad_y : pad_y + new_h, pad_x : pad_x + new_w] = resized
         placed = canvas

@@ -43,21 +43,27 @@ class Detection:
     box: (x_min, y_min, x_max, y_max), normalized 0..1 of the frame's width and height.
     score: detector confidence 0..1.
     class_id: index into the model's label list (background line already removed).
+    keypoints: (x, y) pairs normalized 0..1 of the frame, for models that predict them
+        (BlazeFace: right eye, left eye, nose tip, mouth, right ear, left ear).
     """
 
     label: str
     class_id: int
     score: float
     box: tuple[float, float, float, float]
+    keypoints: tuple[tuple[float, float], ...] = ()
 
     def to_json(self) -> dict[str, object]:
         """The detection as it appears in published payloads (rounded for size)."""
-        return {
+        out: dict[str, object] = {
             "label": self.label,
             "class_id": self.class_id,
             "score": round(self.score, 4),
             "box": [round(v, 5) for v in self.box],
         }
+        if self.keypoints:
+            out["keypoints"] = [[round(x, 5), round(y, 5)] for x, y in self.keypoints]
+        return out
 
 
 @dataclass(frozen=True)

@@ -172,3 +172,112 @@ def agree(
             result.published += 1
             result.extra += not _match(label, score, box, ref, tol)
     return result
+
+
+def _greedy_nms(
+    cand: list[tuple[float, tuple[float, ...]]], iou_max: float
+) -> list[tuple[float, tuple[float, ...]]]:
+    cand = sorted(cand, key=lambda t: -t[0])
+    kept: list[tuple[float, tuple[float, ...]]] = []
+    for score, box in cand:
+        if all(iou(box, k[1]) <= iou_max for k in kept):
+            kept.append((score, box))
+    return kept
+
+
+def _letterbox(bgr: np.ndarray, size: int, pad: int) -> tuple[np.ndarray, float, int, int]:
+    h, w = bgr.shape[:2]
+    r = min(size / h, size / w)
+    nw, nh = round(w * r), round(h * r)
+    left, top = (size - nw) // 2, (size - nh) // 2
+    canvas = np.full((size, size, 3), pad, np.uint8)
+    canvas[top : top + nh, left : left + nw] = cv2.resize(
+        bgr, (nw, nh), interpolation=cv2.INTER_LINEAR
+    )
+    return cv2.cvtColor(canvas, cv2.COLOR_BGR2RGB), r, left, top
+
+
+class ReferenceYoloV5:
+    """YOLOv5 uint8: letterbox 114, raw pixels in; [1,N,85]: conf = objectness x class prob."""
+
+    def __init__(self, model: Path, labels: Path) -> None:
+        self.it = Interpreter(model_path=str(model), num_threads=2)
+        self.it.allocate_tensors()
+        self.inp = self.it.get_input_details()[0]
+        self.out = self.it.get_output_details()[0]
+        self.lines = _labels(labels)
+
+    def __call__(self, bgr: np.ndarray, threshold: float) -> list[RefDet]:
+        size = int(self.inp["shape"][1])
+        rgb, r, left, top = _letterbox(bgr, size, 114)
+        self.it.set_tensor(self.inp["index"], rgb[None])
+        self.it.invoke()
+        scale, zp = self.out["quantization"]
+        pred = (self.it.get_tensor(self.out["index"])[0].astype(np.float64) - zp) * scale
+        conf = pred[:, 5:] * pred[:, 4:5]
+        best = conf.argmax(axis=1)
+        best_conf = conf[np.arange(len(conf)), best]
+        h, w = bgr.shape[:2]
+        found: list[RefDet] = []
+        for c in np.unique(best[best_conf >= threshold]):
+            rows = np.nonzero((best == c) & (best_conf >= threshold))[0]
+            cand = []
+            for i in rows:
+                cx, cy, bw, bh = pred[i, :4] * size
+                box = (
+                    (cx - bw / 2 - left) / r / w,
+                    (cy - bh / 2 - top) / r / h,
+                    (cx + bw / 2 - left) / r / w,
+                    (cy + bh / 2 - top) / r / h,
+                )
+                cand.append((float(best_conf[i]), tuple(float(np.clip(v, 0, 1)) for v in box)))
+            found += [RefDet(self.lines[c], s, b) for s, b in _greedy_nms(cand, 0.45)]  # type: ignore[arg-type]
+        return sorted(found, key=lambda d: -d.score)
+
+
+class ReferenceBlazeFace:
+    """BlazeFace short range, from the MANIFEST: letterbox (0 in [-1,1] space), 896 anchors."""
+
+    def __init__(self, model: Path, labels: Path) -> None:
+        self.it = Interpreter(model_path=str(model), num_threads=2)
+        self.it.allocate_tensors()
+        self.inp = self.it.get_input_details()[0]
+        outs = {o["name"]: o for o in self.it.get_output_details()}
+        self.reg, self.cls = outs["regressors"], outs["classificators"]
+        self.label = _labels(labels)[0]
+        anchors = []
+        for grid, per_cell in ((16, 2), (8, 6)):
+            for row in range(grid):
+                for col in range(grid):
+                    anchors += [((col + 0.5) / grid, (row + 0.5) / grid)] * per_cell
+        self.anchors = np.array(anchors)
+
+    def __call__(self, bgr: np.ndarray, threshold: float) -> list[RefDet]:
+        size = 128
+        h, w = bgr.shape[:2]
+        r = min(size / h, size / w)
+        nw, nh = round(w * r), round(h * r)
+        left, top = (size - nw) // 2, (size - nh) // 2
+        tensor = np.zeros((size, size, 3), np.float32)
+        small = cv2.cvtColor(
+            cv2.resize(bgr, (nw, nh), interpolation=cv2.INTER_LINEAR), cv2.COLOR_BGR2RGB
+        )
+        tensor[top : top + nh, left : left + nw] = small / 127.5 - 1
+        self.it.set_tensor(self.inp["index"], tensor[None])
+        self.it.invoke()
+        reg = self.it.get_tensor(self.reg["index"])[0].astype(np.float64)
+        logit = self.it.get_tensor(self.cls["index"])[0, :, 0].astype(np.float64)
+        score = 1 / (1 + np.exp(-np.clip(logit, -100, 100)))
+        cand = []
+        for i in np.nonzero(score >= threshold)[0]:
+            cx = reg[i, 0] / size + self.anchors[i, 0]
+            cy = reg[i, 1] / size + self.anchors[i, 1]
+            bw, bh = reg[i, 2] / size, reg[i, 3] / size
+            box = (
+                ((cx - bw / 2) * size - left) / r / w,
+                ((cy - bh / 2) * size - top) / r / h,
+                ((cx + bw / 2) * size - left) / r / w,
+                ((cy + bh / 2) * size - top) / r / h,
+            )
+            cand.append((float(score[i]), tuple(float(np.clip(v, 0, 1)) for v in box)))
+        return [RefDet(self.label, s, b) for s, b in _greedy_nms(cand, 0.3)]  # type: ignore[arg-type]

@@ -166,14 +166,25 @@ class InputConfig(Strict):
     color: Literal["rgb", "bgr"] = "rgb"
 
 
+class AnchorsConfig(Strict):
+    """Anchor grid of SSD-style models decoded without a postprocess op (MediaPipe anchors:
+    layers with the same stride share a grid)."""
+
+    strides: list[Annotated[int, Field(ge=1)]] = Field(
+        default_factory=lambda: [8, 16, 16, 16], min_length=1
+    )
+    anchors_per_layer: int = Field(2, ge=1)
+
+
 class ModelConfig(Strict):
     """The detector model file and how to decode it."""
 
     path: ConfigPath
     labels: ConfigPath | None = None
-    format: Literal["auto", "ssd", "yolov8", "yolov5"] = "auto"
+    format: Literal["auto", "ssd", "yolov8", "yolov5", "blazeface"] = "auto"
     threads: int = Field(2, ge=1, le=64)
-    nms_iou: float = Field(0.45, gt=0, le=1)
+    nms_iou: float | None = Field(None, gt=0, le=1, description="default: the family's")
+    anchors: AnchorsConfig = AnchorsConfig()
     max_detections: int = Field(100, ge=1, le=1000)
     input: InputConfig = InputConfig()
 

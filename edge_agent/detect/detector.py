@@ -11,20 +11,29 @@ import numpy as np
 import numpy.typing as npt
 
 from edge_agent.config.schema import MeanStd, ModelConfig
-from edge_agent.detect import ssd, yolo
+from edge_agent.detect import anchors, ssd, yolo
 from edge_agent.detect.interpreter import LoadedModel, TensorSpec, load_model
 from edge_agent.detect.labels import embedded_labels, fit_labels, read_label_file
 from edge_agent.errors import ModelError
 from edge_agent.postprocess import Decoded, nms
-from edge_agent.preprocess import InputPlan, Normalize, prepare
+from edge_agent.preprocess import LETTERBOX_PAD, InputPlan, Normalize, prepare
 from edge_agent.types import Detection, Image
 
 log = logging.getLogger(__name__)
 
-FAMILIES = ("ssd", "yolov8", "yolov5")
+FAMILIES = ("ssd", "yolov8", "yolov5", "blazeface")
 # Conventions of each family's training pipeline, used where the model cannot tell us.
-FAMILY_FLOAT_NORMALIZE: dict[str, Normalize] = {"ssd": "-1..1", "yolov8": "0..1", "yolov5": "0..1"}
-FAMILY_LETTERBOX = {"ssd": False, "yolov8": True, "yolov5": True}
+FAMILY_FLOAT_NORMALIZE: dict[str, Normalize] = {
+    "ssd": "-1..1",
+    "yolov8": "0..1",
+    "yolov5": "0..1",
+    "blazeface": "-1..1",
+}
+FAMILY_LETTERBOX = {"ssd": False, "yolov8": True, "yolov5": True, "blazeface": True}
+# Letterbox bars: Ultralytics trains with grey 114; MediaPipe pads with 0 in [-1,1] space.
+FAMILY_PAD = {"blazeface": 128}
+FAMILY_NMS_IOU = {"blazeface": 0.3}
+DEFAULT_NMS_IOU = 0.45
 
 
 class Decoder(Protocol):
@@ -54,10 +63,13 @@ def detect_family(outputs: list[TensorSpec], num_labels: int | None) -> str:
         return "ssd"
     if yolo.matches_v8(outputs):
         return "yolov5" if yolo.v5_columns(outputs, num_labels) else "yolov8"
+    if anchors.split_outputs(outputs) is not None:
+        return "blazeface"
     seen = ", ".join(o.describe() for o in outputs) or "none"
     raise ModelError(
         f"unsupported output signature ({seen}); known formats: "
-        "ssd (TFLite_Detection_PostProcess: 4 outputs), yolov8 ([1,4+C,N]), yolov5 ([1,N,5+C])"
+        "ssd (TFLite_Detection_PostProcess: 4 outputs), yolov8 ([1,4+C,N]), yolov5 ([1,N,5+C]), "
+        "blazeface (anchors: [1,N,4+2K] + [1,N,C])"
     )
 
 
@@ -109,6 +121,9 @@ class Detector:
         try:
             if self.family == "ssd":
                 return ssd.SsdDecoder(outs)
+            if self.family == "blazeface":
+                grid = self.cfg.anchors
+                return anchors.AnchorDecoder(outs, size, grid.strides, grid.anchors_per_layer)
             if not yolo.matches_v8(outs):
                 raise ModelError("expected one rank-3 output")
             cls = yolo.YoloV5Decoder if self.family == "yolov5" else yolo.YoloV8Decoder
@@ -123,6 +138,9 @@ class Detector:
     def _num_classes(self) -> int | None:
         if self.family == "ssd":
             return ssd.num_classes(self.model)
+        if self.family == "blazeface":
+            split = anchors.split_outputs(self.model.outputs)
+            return split[1].shape[2] if split else None
         channels = min(self.model.outputs[0].shape[1:])
         return channels - (5 if self.family == "yolov5" else 4)
 
@@ -145,6 +163,7 @@ class Detector:
             letterbox,
             self.cfg.input.color == "rgb",
             self._normalize(),
+            FAMILY_PAD.get(self.family, LETTERBOX_PAD),
         )
 
     def _normalize(self) -> Normalize:
@@ -182,13 +201,31 @@ class Detector:
         interp.invoke()
         decoded = self.decoder.decode(lambda spec: interp.get_tensor(spec.index), self.min_score)
         if self.family != "ssd":
-            decoded = nms(decoded, self.cfg.nms_iou, self.cfg.max_detections)
+            decoded = nms(decoded, self.nms_iou, self.cfg.max_detections)
         boxes = transform.to_frame(decoded.boxes)
+        kps = (
+            transform.points_to_frame(decoded.keypoints) if decoded.keypoints is not None else None
+        )
         dets = tuple(
-            Detection(self.label(int(c)), int(c), float(s), _box(b))
-            for b, s, c in zip(boxes, decoded.scores, decoded.class_ids, strict=True)
+            Detection(self.label(int(c)), int(c), float(s), _box(b), _points(kps, i))
+            for i, (b, s, c) in enumerate(
+                zip(boxes, decoded.scores, decoded.class_ids, strict=True)
+            )
         )
         return dets, (time.perf_counter() - start) * 1000.0
+
+    @property
+    def nms_iou(self) -> float:
+        """Configured NMS IoU, else the family's default."""
+        if self.cfg.nms_iou is not None:
+            return self.cfg.nms_iou
+        return FAMILY_NMS_IOU.get(self.family, DEFAULT_NMS_IOU)
+
+
+def _points(kps: npt.NDArray[np.float32] | None, i: int) -> tuple[tuple[float, float], ...]:
+    if kps is None:
+        return ()
+    return tuple((float(x), float(y)) for x, y in kps[i])
 
 
 def _box(b: npt.NDArray[np.float32]) -> tuple[float, float, float, float]:

@@ -79,14 +79,15 @@ class YoloV8Decoder:
         raw = np.asarray(fetch(self.spec))[0]
         rows = raw if self.channels_first else raw.T  # (4+C, N)
         cls = rows[4:]
-        best = np.argmax(cls, axis=0)
-        best_q = np.take_along_axis(cls, best[None], axis=0)[0]
-        keep = np.nonzero(best_q >= _quantized_floor(self.spec, min_score))[0]
+        # max over classes is a cheap vectorized reduction; argmax only on the survivors.
+        best_q = cls.max(axis=0)
+        keep = np.flatnonzero(best_q >= _quantized_floor(self.spec, min_score))
+        best = np.argmax(cls[:, keep], axis=0)
         scores = _dequantize(best_q[keep], self.spec)
         xywh = _dequantize(rows[:4, keep].T, self.spec)
         boxes = _xywh_to_xyxy(np.ascontiguousarray(xywh), self.in_w, self.in_h)
         ok = scores >= min_score
-        return Decoded(boxes[ok], scores[ok], best[keep][ok].astype(np.int64))
+        return Decoded(boxes[ok], scores[ok], best[ok].astype(np.int64))
 
 
 class YoloV5Decoder:
