@@ -38,6 +38,9 @@ def _parser() -> argparse.ArgumentParser:
         help="exit when a device publishes a (non-retained) offline status",
     )
     watch.add_argument("--timeout", type=float, default=0, help="exit after N seconds")
+    from edge_agent.models_cli import add_parsers
+
+    add_parsers(sub)
     return parser
 
 
@@ -78,6 +81,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run(args)
         if args.command == "check-config":
             return _check(args)
+        if args.command == "models":
+            from edge_agent.models_cli import run as models
+
+            setup_logging("info", "text")
+            return models(args)
         from edge_agent.watch import watch
 
         return watch(args.host, args.port, args.topic, args.count, args.until_offline, args.timeout)

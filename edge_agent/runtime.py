@@ -102,6 +102,8 @@ class Agent:
         return Outbox(store, cfg, self.counters)
 
     def _where_model(self, exc: UserError) -> str:
+        if exc.where == "model.delegate":
+            return self.loaded.where("model", "delegate")
         key = (
             "labels"
             if self.cfg.model.labels and str(self.cfg.model.labels) == exc.where

@@ -123,6 +123,14 @@ CASES = [
         r"cameras\.front\.source: video file not found",
     ),
     (
+        "edge tpu runtime missing",
+        GOOD.replace("  labels:", "  delegate: edgetpu\n  labels:"),
+        "run",
+        5,
+        r"model\.delegate: cannot load the edgetpu delegate \(libedgetpu\.so\.1.*"
+        r"install the Edge TPU runtime",
+    ),
+    (
         "unknown label in filter",
         GOOD + "    detect: {labels: [persn]}\n",
         "run",

@@ -162,3 +162,34 @@ def test_blazeface_keypoints_inside_the_face(tmp_path: Path) -> None:
     assert all(x1 <= x <= x2 and y1 <= y <= y2 for x, y in eyes)
     assert eyes[0][0] < eyes[1][0]  # the subject's right eye appears on the image's left
     assert "keypoints" in dets[0].to_json()
+
+
+def test_float_model_fed_raw_pixels_gets_a_hint(caplog: pytest.LogCaptureFixture) -> None:
+    model, labels = CASES["blazeface"][0], CASES["blazeface"][1]
+    cfg = ModelConfig.model_validate(
+        {
+            "path": str(MODELS / model),
+            "labels": str(MODELS / labels),
+            "input": {"normalize": "0..255"},
+        }
+    )
+    detector = Detector(cfg, 0.5)
+    assert "fed raw 0..255 pixels" in caplog.text and "normalize: -1..1" in caplog.text
+    dets, _ = detector.detect(cv2.imread(str(IMAGES / "grace_hopper.bmp")))
+    # The hint matters: with the wrong range the face found with -1..1 input is not found.
+    assert not any(d.score >= 0.9 for d in dets)
+
+
+def test_labels_file_differing_from_embedded_names_warns(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / "labels.txt").write_text("\n".join(f"thing{i}" for i in range(80)))
+    cfg = ModelConfig(path=MODELS / CASES["yolov8n"][0], labels=tmp_path / "labels.txt")
+    detector = Detector(cfg, 0.5)
+    assert detector.labels[0] == "thing0"
+    assert "differs from the 80 class names embedded" in caplog.text
+
+
+def test_embedded_names_used_without_labels_file() -> None:
+    detector = Detector(ModelConfig(path=MODELS / CASES["yolo11n"][0]), 0.5)
+    assert detector.labels[:3] == ["person", "bicycle", "car"] and len(detector.labels) == 80

@@ -183,6 +183,7 @@ class ModelConfig(Strict):
     labels: ConfigPath | None = None
     format: Literal["auto", "ssd", "yolov8", "yolov5", "blazeface"] = "auto"
     threads: int = Field(2, ge=1, le=64)
+    delegate: Literal["none", "edgetpu"] = "none"
     nms_iou: float | None = Field(None, gt=0, le=1, description="default: the family's")
     anchors: AnchorsConfig = AnchorsConfig()
     max_detections: int = Field(100, ge=1, le=1000)

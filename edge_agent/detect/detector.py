@@ -76,10 +76,12 @@ def detect_family(outputs: list[TensorSpec], num_labels: int | None) -> str:
 class Detector:
     """Runs one model on frames. Not thread-safe: use from one thread."""
 
-    def __init__(self, cfg: ModelConfig, min_score: float) -> None:
+    def __init__(
+        self, cfg: ModelConfig, min_score: float, model: LoadedModel | None = None
+    ) -> None:
         self.cfg = cfg
         self.min_score = min_score
-        self.model: LoadedModel = load_model(cfg.path, cfg.threads)
+        self.model: LoadedModel = model or load_model(cfg.path, cfg.threads, cfg.delegate)
         if len(self.model.inputs) != 1 or len(self.model.inputs[0].shape) != 4:
             shapes = [i.describe() for i in self.model.inputs]
             raise ModelError(f"expected one NHWC image input, found {shapes}", where=str(cfg.path))
@@ -103,9 +105,20 @@ class Detector:
         )
 
     def _raw_labels(self) -> list[str] | None:
-        if self.cfg.labels is not None:
-            return read_label_file(self.cfg.labels)
-        return embedded_labels(self.cfg.path)
+        embedded = embedded_labels(self.cfg.path)
+        if self.cfg.labels is None:
+            return embedded
+        labels = read_label_file(self.cfg.labels)
+        if embedded is not None and fit_labels(labels, None, "") != embedded:
+            log.warning(
+                "labels file %s (%d names) differs from the %d class names embedded in %s; "
+                "using the file",
+                self.cfg.labels,
+                len(labels),
+                len(embedded),
+                self.cfg.path.name,
+            )
+        return labels
 
     def _family(self, num_labels: int | None) -> str:
         if self.cfg.format != "auto":
@@ -172,8 +185,20 @@ class Detector:
             return (norm.mean, norm.std)
         if self.input.dtype.kind in "iu":
             return "raw"  # integer inputs: the model's quantization already encodes the scaling
+        convention = FAMILY_FLOAT_NORMALIZE[self.family]
         if norm == "auto":
-            return FAMILY_FLOAT_NORMALIZE[self.family]
+            return convention
+        if norm == "0..255" and convention != "0..255":
+            log.warning(
+                "model %s takes %s input but is fed raw 0..255 pixels (model.input.normalize); "
+                "%s models are trained on %s input: if detections look wrong, set "
+                "model.input.normalize: %s (or auto)",
+                self.cfg.path.name,
+                self.input.dtype.name,
+                self.family,
+                convention,
+                convention,
+            )
         return norm
 
     def summary(self) -> ModelSummary:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import importlib
 import logging
 from dataclasses import dataclass
@@ -107,12 +108,42 @@ class LoadedModel:
     tensors: dict[int, TensorSpec]
 
 
-def load_model(path: Path, threads: int) -> LoadedModel:
+EDGETPU_LIBRARY = "libedgetpu.so.1"
+EDGETPU_HINT = (
+    "install the Edge TPU runtime (package libedgetpu1-std from Coral's apt repository), "
+    "connect the accelerator, and use a model compiled with edgetpu_compiler"
+)
+
+
+def load_delegate(runtime: str, delegate: str) -> Any:
+    """Load a hardware delegate through the runtime's delegate API; ModelError if unavailable."""
+    module = importlib.import_module(runtime)
+    loader = getattr(module, "load_delegate", None)
+    if loader is None:  # full TensorFlow keeps it under tf.lite.experimental
+        loader = getattr(getattr(module, "experimental", None), "load_delegate", None)
+    if loader is None:
+        raise ModelError(f"{runtime} cannot load delegates", where="model.delegate")
+    try:
+        # Probe first: a failed load_delegate() leaves a half-built object that complains
+        # on garbage collection.
+        ctypes.CDLL(EDGETPU_LIBRARY)
+        return loader(EDGETPU_LIBRARY)
+    except (ValueError, OSError, RuntimeError) as exc:
+        raise ModelError(
+            f"cannot load the {delegate} delegate ({EDGETPU_LIBRARY}: {exc}); {EDGETPU_HINT}",
+            where="model.delegate",
+        ) from None
+
+
+def load_model(path: Path, threads: int, delegate: str = "none") -> LoadedModel:
     """Check, load and allocate a model; every failure is a ModelError naming the file."""
     check_tflite_file(path)
     cls, runtime = interpreter_class()
+    extra: dict[str, Any] = {}
+    if delegate != "none":
+        extra["experimental_delegates"] = [load_delegate(runtime, delegate)]
     try:
-        interp = cls(model_path=str(path), num_threads=threads)
+        interp = cls(model_path=str(path), num_threads=threads, **extra)
         interp.allocate_tensors()
     except (ValueError, RuntimeError, SystemError) as exc:
         hint = ""
