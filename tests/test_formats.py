@@ -301,3 +301,31 @@ def test_forced_format_that_does_not_fit(tmp_path: Path) -> None:
                 _spec(0, (1, 320, 320, 3), np.float32), [(_spec(1, data.shape, np.float32), data)]
             ),
         )
+
+
+def test_anchor_model_with_quantized_outputs(tmp_path: Path) -> None:
+    from edge_agent.detect.anchors import ssd_anchors
+
+    centres = ssd_anchors([8, 16, 16, 16], 2, 128, 128)
+    n = len(centres)
+    i = int(np.argmin(np.abs(centres - 0.5).sum(axis=1)))
+    reg = np.zeros((1, n, 16), np.float32)
+    reg[0, i, :4] = [4, -2, 32, 24]
+    logits = np.full((1, n, 1), -8.0, np.float32)
+    logits[0, i, 0] = 2.0
+    reg_q = _quantize(reg, 0.5, 0, np.int8)
+    log_q = _quantize(logits, 0.1, 20, np.int8)
+    outs = [
+        (_spec(1, reg.shape, np.int8, 0.5, 0), reg_q),
+        (_spec(2, logits.shape, np.int8, 0.1, 20), log_q),
+    ]
+    (tmp_path / "labels.txt").write_text("face\n")
+    cfg = ModelConfig(path=tmp_path / "m.tflite", labels=tmp_path / "labels.txt")
+    det = Detector(cfg, 0.5, model=_model(_spec(0, (1, 128, 128, 3), np.uint8, 1 / 128, 128), outs))
+    assert det.plan.normalize == "raw"  # integer input: the quantization carries the scaling
+    dets, _ = det.detect(np.zeros((256, 256, 3), np.uint8))
+    assert len(dets) == 1 and dets[0].score == pytest.approx(1 / (1 + np.exp(-2.0)), abs=0.01)
+    cx, cy = centres[i][0] + 4 / 128, centres[i][1] - 2 / 128
+    assert dets[0].box == pytest.approx(
+        (cx - 16 / 128, cy - 12 / 128, cx + 16 / 128, cy + 12 / 128), abs=1e-4
+    )
