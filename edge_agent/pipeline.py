@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from edge_agent.config.schema import CameraConfig
+from edge_agent.detect.classifier import Classifier
 from edge_agent.health import Counters
 from edge_agent.postprocess import camera_filter
 from edge_agent.publish.payloads import (
@@ -41,16 +42,26 @@ class PublishContext:
 class CameraStage:
     """Turns one camera's raw detections into published messages."""
 
-    def __init__(self, name: str, cfg: CameraConfig, ctx: PublishContext) -> None:
+    def __init__(
+        self,
+        name: str,
+        cfg: CameraConfig,
+        ctx: PublishContext,
+        classifier: Classifier | None = None,
+    ) -> None:
         self.name = name
         self.cfg = cfg
         self.ctx = ctx
         self.sampler = LowConfidenceSampler(cfg.samples, cfg.detect)
+        self.classifier = classifier
 
     def handle(self, frame: Frame, raw: tuple[Detection, ...], inference_ms: float) -> None:
         """Filter, publish detections, and publish a sample when the frame qualifies."""
         ctx = self.ctx
-        result = FrameResult(frame, raw, camera_filter(raw, self.cfg.detect), inference_ms)
+        detections = camera_filter(raw, self.cfg.detect)
+        if self.classifier is not None and detections:
+            detections = self.classifier.apply(frame.image, detections)
+        result = FrameResult(frame, raw, detections, inference_ms)
         if result.detections or self.cfg.publish_empty:
             ctx.submit(detection_message(ctx.topics, ctx.device_id, ctx.model, result, ctx.qos))
         if not self.cfg.samples.enabled or not self.sampler.candidate(result):

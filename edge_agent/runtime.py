@@ -15,6 +15,8 @@ import threading
 import time
 
 from edge_agent.config.loader import LoadedConfig
+from edge_agent.config.schema import CameraConfig
+from edge_agent.detect.classifier import Classifier
 from edge_agent.detect.detector import Detector
 from edge_agent.errors import ConfigError, SourceError, UserError
 from edge_agent.health import Counters
@@ -85,7 +87,17 @@ class Agent:
             self.slots[name] = FrameSlot(
                 name, self.sources[name].live, cfg.runtime.queue_size, self.counters, self._wake
             )
-            self.stages[name] = CameraStage(name, cam, ctx)
+            self.stages[name] = CameraStage(name, cam, ctx, self._classifier(name, cam))
+
+    def _classifier(self, name: str, cam: CameraConfig) -> Classifier | None:
+        if cam.classify is None:
+            return None
+        try:
+            return Classifier(cam.classify)
+        except UserError as exc:
+            key = "labels" if exc.where == str(cam.classify.labels) else "model"
+            where = self.loaded.where("cameras", name, "classify", key)
+            raise type(exc)(exc.message, where=f"{where}: {exc.where}") from None
 
     def _outbox(self) -> Outbox:
         cfg = self.cfg.outbox
@@ -113,10 +125,16 @@ class Agent:
 
     def _check_labels(self, known: list[str]) -> None:
         for name, cam in self.cfg.cameras.items():
+            # (key path under the camera, label) for every label the config names
             named: list[tuple[tuple[str | int, ...], str]] = [
-                (("labels", i), lab) for i, lab in enumerate(cam.detect.labels or [])
+                (("detect", "labels", i), lab) for i, lab in enumerate(cam.detect.labels or [])
             ]
-            named += [(("per_label", lab), lab) for lab in cam.detect.per_label]
+            named += [(("detect", "per_label", lab), lab) for lab in cam.detect.per_label]
+            if cam.classify is not None:
+                named += [
+                    (("classify", "on_labels", i), lab)
+                    for i, lab in enumerate(cam.classify.on_labels or [])
+                ]
             for path, label in named:
                 if label in known:
                     continue
@@ -124,7 +142,7 @@ class Agent:
                 hint = f" (did you mean '{close[0]}'?)" if close else ""
                 raise ConfigError(
                     f"label {label!r} is not one of the model's {len(known)} labels{hint}",
-                    where=self.loaded.where("cameras", name, "detect", *path),
+                    where=self.loaded.where("cameras", name, *path),
                 )
 
     def run(self) -> int:

@@ -45,6 +45,7 @@ class Detection:
     class_id: index into the model's label list (background line already removed).
     keypoints: (x, y) pairs normalized 0..1 of the frame, for models that predict them
         (BlazeFace: right eye, left eye, nose tip, mouth, right ear, left ear).
+    classification: (label, score 0..1) from a second-stage classifier on the crop, if any.
     """
 
     label: str
@@ -52,6 +53,7 @@ class Detection:
     score: float
     box: tuple[float, float, float, float]
     keypoints: tuple[tuple[float, float], ...] = ()
+    classification: tuple[str, float] | None = None
 
     def to_json(self) -> dict[str, object]:
         """The detection as it appears in published payloads (rounded for size)."""
@@ -63,6 +65,9 @@ class Detection:
         }
         if self.keypoints:
             out["keypoints"] = [[round(x, 5), round(y, 5)] for x, y in self.keypoints]
+        if self.classification is not None:
+            label, score = self.classification
+            out["classification"] = {"label": label, "score": round(score, 4)}
         return out
 
 

@@ -281,11 +281,24 @@ class SamplesConfig(Strict):
         return self
 
 
+class ClassifyConfig(Strict):
+    """Second stage: a classification model run on each detection's crop."""
+
+    model: ConfigPath
+    labels: ConfigPath | None = None
+    on_labels: list[str] | None = Field(None, description="detection labels to classify")
+    min_score: float = Field(0.0, ge=0, le=1, description="attach only at this confidence")
+    padding: float = Field(0.0, ge=0, le=1, description="crop margin, fraction of box size")
+    threads: int = Field(1, ge=1, le=64)
+    input: InputConfig = InputConfig()
+
+
 class CameraConfig(Strict):
     """One camera: where frames come from and what is published about them."""
 
     source: SourceConfig
     detect: DetectConfig = DetectConfig()
+    classify: ClassifyConfig | None = None
     publish_empty: bool = False
     samples: SamplesConfig = SamplesConfig()
 
