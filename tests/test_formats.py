@@ -329,3 +329,59 @@ def test_anchor_model_with_quantized_outputs(tmp_path: Path) -> None:
     assert dets[0].box == pytest.approx(
         (cx - 16 / 128, cy - 12 / 128, cx + 16 / 128, cy + 12 / 128), abs=1e-4
     )
+
+
+@pytest.mark.parametrize(
+    ("mean", "std", "expected"),
+    [
+        ([127.5], [127.5], ((127.5,) * 3, (127.5,) * 3)),
+        (
+            [123.675, 116.28, 103.53],
+            [58.395, 57.12, 57.375],
+            ((123.675, 116.28, 103.53), (58.395, 57.12, 57.375)),
+        ),
+    ],
+)
+def test_float_normalization_read_from_model_metadata(
+    tmp_path: Path,
+    mean: list[float],
+    std: list[float],
+    expected: tuple[tuple[float, ...], tuple[float, ...]],
+) -> None:
+    from edge_agent.detect.metadata import read_normalization
+    from tests.tflite_builder import colour_classifier, normalization_metadata
+
+    path = colour_classifier(tmp_path / "m.tflite", metadata=normalization_metadata(mean, std))
+    got = read_normalization(path)
+    assert got is not None
+    assert got[0] == pytest.approx(expected[0]) and got[1] == pytest.approx(expected[1])
+    # The interpreter still loads the model with metadata attached.
+    from ai_edge_litert.interpreter import Interpreter
+
+    Interpreter(model_path=str(path)).allocate_tensors()
+    # A detector whose float input has no explicit normalize takes the metadata's values.
+    raw = _yolov8_output(256, 3, cls=1, score=0.9, pixels=False)
+    (tmp_path / "labels.txt").write_text("a\nb\nc\n")
+    det = Detector(
+        ModelConfig(path=path, labels=tmp_path / "labels.txt"),
+        0.5,
+        model=_model(
+            _spec(0, (1, 256, 256, 3), np.float32), [(_spec(1, raw.shape, np.float32), raw)]
+        ),
+    )
+    assert det.plan.normalize == (pytest.approx(expected[0]), pytest.approx(expected[1]))
+    det.detect(FRAME)
+    fed = det.model.interpreter.input  # type: ignore[attr-defined]
+    pad = (256 - 192) // 2  # 640x480 letterboxed into 256: rows above the image are padding
+    mid = fed[0, pad + 10, 10]
+    assert mid == pytest.approx(
+        (np.zeros(3) - np.array(expected[0])) / np.array(expected[1]), abs=1e-4
+    )
+
+
+def test_model_without_metadata_uses_family_convention(tmp_path: Path) -> None:
+    from edge_agent.detect.metadata import read_normalization
+    from tests.tflite_builder import colour_classifier
+
+    assert read_normalization(colour_classifier(tmp_path / "m.tflite")) is None
+    assert read_normalization(tmp_path / "absent.tflite") is None

@@ -94,8 +94,50 @@ def _operator(
     return int(Operator.OperatorEnd(b))
 
 
-def colour_classifier(path: Path, size: int = 16, weights: np.ndarray | None = None) -> Path:
-    """Write the model; classes follow the rows of `weights` (default: R, G, B x 20)."""
+def _float_vector(b: flatbuffers.Builder, values: list[float]) -> int:
+    b.StartVector(4, len(values), 4)
+    for v in reversed(values):
+        b.PrependFloat32(v)
+    return b.EndVector()
+
+
+def normalization_metadata(mean: list[float], std: list[float]) -> bytes:
+    """A ModelMetadata flatbuffer ("M001") whose first input has NormalizationOptions.
+
+    Field slots follow metadata_schema.fbs: NormalizationOptions{mean=0, std=1},
+    ProcessUnit{options_type=0, options=1}, TensorMetadata.process_units=4,
+    SubGraphMetadata.input_tensor_metadata=2, ModelMetadata.subgraph_metadata=3.
+    """
+    b = flatbuffers.Builder(256)
+    mean_vec, std_vec = _float_vector(b, mean), _float_vector(b, std)
+    b.StartObject(2)
+    b.PrependUOffsetTRelativeSlot(0, mean_vec, 0)
+    b.PrependUOffsetTRelativeSlot(1, std_vec, 0)
+    norm = b.EndObject()
+    b.StartObject(2)
+    b.PrependUint8Slot(0, 1, 0)  # ProcessUnitOptions.NormalizationOptions
+    b.PrependUOffsetTRelativeSlot(1, norm, 0)
+    unit = b.EndObject()
+    units = _table_vector(b, [unit])
+    b.StartObject(7)
+    b.PrependUOffsetTRelativeSlot(4, units, 0)
+    tensor = b.EndObject()
+    inputs = _table_vector(b, [tensor])
+    b.StartObject(7)
+    b.PrependUOffsetTRelativeSlot(2, inputs, 0)
+    subgraph = b.EndObject()
+    subgraphs = _table_vector(b, [subgraph])
+    b.StartObject(8)
+    b.PrependUOffsetTRelativeSlot(3, subgraphs, 0)
+    b.Finish(b.EndObject(), file_identifier=b"M001")
+    return bytes(b.Output())
+
+
+def colour_classifier(
+    path: Path, size: int = 16, weights: np.ndarray | None = None, metadata: bytes | None = None
+) -> Path:
+    """Write the model; classes follow the rows of `weights` (default: R, G, B x 20).
+    `metadata` (a ModelMetadata flatbuffer) is attached as TFLITE_METADATA."""
     w = np.asarray(weights if weights is not None else np.eye(3) * 20.0, np.float32)
     k = w.shape[0]
     b = flatbuffers.Builder(1024)
@@ -106,6 +148,8 @@ def colour_classifier(path: Path, size: int = 16, weights: np.ndarray | None = N
         w.tobytes(),
         np.zeros(k, np.float32).tobytes(),
     ]
+    if metadata is not None:
+        buffers_data.append(metadata)
     buffers = []
     for data in buffers_data:
         vec = _bytes_vector(b, data) if data else None
@@ -158,11 +202,21 @@ def colour_classifier(path: Path, size: int = 16, weights: np.ndarray | None = N
     subgraph = SubGraph.SubGraphEnd(b)
     subgraphs_vec, codes_vec = _table_vector(b, [subgraph]), _table_vector(b, codes)
     buffers_vec = _table_vector(b, buffers)
+    metadata_vec = None
+    if metadata is not None:
+        name = b.CreateString("TFLITE_METADATA")
+        Metadata = _schema("Metadata")
+        Metadata.MetadataStart(b)
+        Metadata.MetadataAddName(b, name)
+        Metadata.MetadataAddBuffer(b, len(buffers_data) - 1)
+        metadata_vec = _table_vector(b, [Metadata.MetadataEnd(b)])
     Model.ModelStart(b)
     Model.ModelAddVersion(b, 3)
     Model.ModelAddOperatorCodes(b, codes_vec)
     Model.ModelAddSubgraphs(b, subgraphs_vec)
     Model.ModelAddBuffers(b, buffers_vec)
+    if metadata_vec is not None:
+        Model.ModelAddMetadata(b, metadata_vec)
     b.Finish(Model.ModelEnd(b), file_identifier=b"TFL3")
     path.write_bytes(b.Output())
     return path

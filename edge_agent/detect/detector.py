@@ -14,6 +14,7 @@ from edge_agent.config.schema import MeanStd, ModelConfig
 from edge_agent.detect import anchors, ssd, yolo
 from edge_agent.detect.interpreter import LoadedModel, TensorSpec, load_model
 from edge_agent.detect.labels import embedded_labels, fit_labels, read_label_file
+from edge_agent.detect.metadata import read_normalization
 from edge_agent.errors import ModelError
 from edge_agent.postprocess import Decoded, nms
 from edge_agent.preprocess import LETTERBOX_PAD, InputPlan, Normalize, prepare
@@ -187,6 +188,14 @@ class Detector:
             return "raw"  # integer inputs: the model's quantization already encodes the scaling
         convention = FAMILY_FLOAT_NORMALIZE[self.family]
         if norm == "auto":
+            stated = read_normalization(self.cfg.path)
+            if stated is not None:
+                log.info(
+                    "input normalization from the model's metadata: mean %s, std %s",
+                    stated[0],
+                    stated[1],
+                )
+                return stated
             return convention
         if norm == "0..255" and convention != "0..255":
             log.warning(
