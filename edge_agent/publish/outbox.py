@@ -110,8 +110,11 @@ class Outbox:
             if items:
                 self._insert(items)
                 self._remember(items)
-        for item in items:
-            log.debug("committed %s to outbox (seq %d, %s)", item.msg.id, item.seq, item.msg.kind)
+        if log.isEnabledFor(logging.DEBUG):  # per-message audit trail, only when asked
+            for item in items:
+                log.debug(
+                    "committed %s to outbox (seq %d, %s)", item.msg.id, item.seq, item.msg.kind
+                )
 
     def _remember(self, items: list[Stored]) -> None:
         self._fresh.extend(items)
