@@ -65,8 +65,8 @@ class ReferenceSSD:
         return dets
 
 
-class ReferenceYoloV8:
-    """YOLOv8/11 int8: letterbox (pad 114), q = round(pixel/255/scale)+zp, [1,84,N] -> NMS 0.45."""
+class _SingleOutput:
+    """Interpreter, first input and output, and a dense label list."""
 
     def __init__(self, model: Path, labels: Path) -> None:
         self.it = Interpreter(model_path=str(model), num_threads=2)
@@ -75,20 +75,12 @@ class ReferenceYoloV8:
         self.out = self.it.get_output_details()[0]
         self.lines = _labels(labels)
 
-    def _letterbox(self, bgr: np.ndarray) -> tuple[np.ndarray, float, float, float]:
-        size = int(self.inp["shape"][1])
-        h, w = bgr.shape[:2]
-        r = min(size / h, size / w)
-        nw, nh = round(w * r), round(h * r)
-        left, top = (size - nw) // 2, (size - nh) // 2
-        canvas = np.full((size, size, 3), 114, np.uint8)
-        canvas[top : top + nh, left : left + nw] = cv2.resize(
-            bgr, (nw, nh), interpolation=cv2.INTER_LINEAR
-        )
-        return cv2.cvtColor(canvas, cv2.COLOR_BGR2RGB), r, left, top
+
+class ReferenceYoloV8(_SingleOutput):
+    """YOLOv8/11 int8: letterbox (pad 114), q = round(pixel/255/scale)+zp, [1,84,N] -> NMS 0.45."""
 
     def __call__(self, bgr: np.ndarray, threshold: float) -> list[RefDet]:
-        rgb, r, left, top = self._letterbox(bgr)
+        rgb, r, left, top = _letterbox(bgr, int(self.inp["shape"][1]), 114)
         scale, zp = self.inp["quantization"]
         q = np.clip(np.round(rgb / 255.0 / scale + zp), -128, 127).astype(np.int8)
         self.it.set_tensor(self.inp["index"], q[None])
@@ -115,11 +107,7 @@ class ReferenceYoloV8:
                     (cy + bh / 2 - top) / r / h,
                 )
                 cand.append((float(row[4 + c]), tuple(float(np.clip(v, 0, 1)) for v in box)))
-            cand.sort(key=lambda t: -t[0])
-            kept: list[tuple[float, tuple[float, ...]]] = []
-            for score, box in cand:
-                if all(iou(box, k[1]) <= 0.45 for k in kept):
-                    kept.append((score, box))
+            kept = _greedy_nms(cand, 0.45)
             found += [RefDet(self.lines[c], s, b) for s, b in kept]  # type: ignore[arg-type]
         return sorted(found, key=lambda d: -d.score)
 
@@ -197,15 +185,8 @@ def _letterbox(bgr: np.ndarray, size: int, pad: int) -> tuple[np.ndarray, float,
     return cv2.cvtColor(canvas, cv2.COLOR_BGR2RGB), r, left, top
 
 
-class ReferenceYoloV5:
+class ReferenceYoloV5(_SingleOutput):
     """YOLOv5 uint8: letterbox 114, raw pixels in; [1,N,85]: conf = objectness x class prob."""
-
-    def __init__(self, model: Path, labels: Path) -> None:
-        self.it = Interpreter(model_path=str(model), num_threads=2)
-        self.it.allocate_tensors()
-        self.inp = self.it.get_input_details()[0]
-        self.out = self.it.get_output_details()[0]
-        self.lines = _labels(labels)
 
     def __call__(self, bgr: np.ndarray, threshold: float) -> list[RefDet]:
         size = int(self.inp["shape"][1])
