@@ -23,7 +23,7 @@ from _broker import start_broker
 from edge_agent.config.schema import MqttConfig, OutboxConfig
 from edge_agent.health import Counters
 from edge_agent.publish.mqtt import MqttPublisher
-from edge_agent.publish.outbox import MemoryStore, Outbox, open_store
+from edge_agent.publish.outbox import MemoryStore, Outbox, SqliteStore
 from edge_agent.publish.payloads import OutMessage
 
 INFLIGHT = 20
@@ -68,7 +68,7 @@ def through_agent(port: int, msgs: list[OutMessage], disk: bool) -> float:
     counters = Counters()
     folder = Path(tempfile.mkdtemp())
     cfg = OutboxConfig(path=folder / "o.db")
-    store = open_store(folder / "o.db", "normal", counters) if disk else MemoryStore()
+    store = SqliteStore(folder / "o.db", "normal") if disk else MemoryStore()
     publisher = MqttPublisher(
         MqttConfig(port=port, max_inflight=INFLIGHT),
         "bench",

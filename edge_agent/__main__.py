@@ -1,5 +1,5 @@
 """Allow `python -m edge_agent`."""
 
-from edge_agent.cli import main
+from edge_agent.entry import main
 
 raise SystemExit(main())

@@ -4,15 +4,23 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
+import threading
 from collections.abc import Sequence
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from edge_agent import __version__
-from edge_agent.config.loader import load_config
+from edge_agent.config.loader import LoadedConfig, load_config
+from edge_agent.entry import record_signals
 from edge_agent.errors import UserError
 from edge_agent.logs import setup_logging
+from edge_agent.redact import Redactor
+
+if TYPE_CHECKING:
+    from edge_agent.runtime import Agent
 
 log = logging.getLogger(__name__)
 
@@ -27,37 +35,88 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--log-format", choices=["auto", "text", "json"])
     check = sub.add_parser("check-config", help="validate a config file and exit")
     check.add_argument("config", help="YAML config file")
-    watch = sub.add_parser("watch", help="print messages arriving on the broker")
-    watch.add_argument("--host", default="127.0.0.1")
-    watch.add_argument("--port", type=int, default=1883)
-    watch.add_argument("--topic", default="edge/#")
-    watch.add_argument("--count", type=int, default=0, help="exit after N messages")
-    watch.add_argument(
-        "--until-offline",
-        action="store_true",
-        help="exit when a device publishes a (non-retained) offline status",
-    )
-    watch.add_argument("--timeout", type=float, default=0, help="exit after N seconds")
+    from edge_agent.watch import add_watch_arguments
+
+    add_watch_arguments(sub.add_parser("watch", help="print messages arriving on the broker"))
     from edge_agent.models_cli import add_parsers
+    from edge_agent.tools import track_cli
 
     add_parsers(sub)
+    track_cli.add_parser(sub)
     return parser
 
 
-def _run(args: argparse.Namespace) -> int:
+FORCE_EXIT_FLUSH = 1.0  # seconds a second signal waits for the outbox to commit
+
+
+def _register_secrets(redactor: Redactor, loaded: LoadedConfig) -> None:
+    """Every secret the config gives access to is hidden from logs and error lines."""
+    from edge_agent.publish.client import read_password
+
+    cfg = loaded.config
+    redactor.add(read_password(cfg.mqtt))
+    for cam in cfg.cameras.values():
+        url = getattr(cam.source, "url", None)
+        if isinstance(url, str):
+            redactor.add_url(url)
+
+
+def _install_signals(agent: Agent, early: list[int]) -> None:
+    """SIGTERM/SIGINT stop gracefully, a second one exits at once; SIGHUP re-reads the config.
+    Handlers only set events (or start the bounded forced exit)."""
+    stops: list[int] = []
+
+    def _on_stop(signum: int, _frame: FrameType | None) -> None:
+        stops.append(signum)
+        if len(stops) == 1:
+            agent.signalled.set()
+            agent.stop.set()
+            return
+        name = signal.Signals(signum).name
+        log.warning("second %s: exiting now; undelivered messages stay in the outbox", name)
+        flusher = threading.Thread(target=agent.force_exit_flush, daemon=True)
+        flusher.start()
+        flusher.join(FORCE_EXIT_FLUSH)
+        logging.shutdown()
+        os._exit(128 + signum)
+
+    def _on_hup(_signum: int, _frame: FrameType | None) -> None:
+        agent.reload.set()
+
+    signal.signal(signal.SIGTERM, _on_stop)
+    signal.signal(signal.SIGINT, _on_stop)
+    signal.signal(signal.SIGHUP, _on_hup)
+    for signum in early:
+        (_on_hup if signum == signal.SIGHUP else _on_stop)(signum, None)
+
+
+def _quiet_native_logs(level: str) -> None:
+    """OpenCV and FFmpeg write to stderr directly, past the redactor and the JSON format; the
+    agent's own lines already say what failed. Set before cv2 is imported; debug keeps them."""
+    if level != "debug":
+        os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
+        os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
+    # FFmpeg opens are serialised process-wide otherwise: one hung camera delays the others.
+    os.environ.setdefault("OPENCV_FFMPEG_IS_THREAD_SAFE", "1")
+    import cv2  # the environment is read once, at import: cv2 may already be loaded
+
+    if level != "debug":
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+
+
+def _run(args: argparse.Namespace, redactor: Redactor, early: list[int]) -> int:
+    loaded = load_config(args.config)
+    _quiet_native_logs(args.log_level or loaded.config.log.level)
     from edge_agent.runtime import Agent
 
-    loaded = load_config(args.config)
     setup_logging(
-        args.log_level or loaded.config.log.level, args.log_format or loaded.config.log.format
+        args.log_level or loaded.config.log.level,
+        args.log_format or loaded.config.log.format,
+        redactor,
     )
+    _register_secrets(redactor, loaded)
     agent = Agent(loaded)
-
-    def _on_signal(signum: int, _frame: FrameType | None) -> None:
-        agent.stop.set()  # handlers only set the event; the main loop does the work
-
-    signal.signal(signal.SIGTERM, _on_signal)
-    signal.signal(signal.SIGINT, _on_signal)
+    _install_signals(agent, early)
     agent.prepare()
     return agent.run()
 
@@ -73,27 +132,42 @@ def _check(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; user errors print one located line and return 2."""
-    args = _parser().parse_args(argv)
+def main(argv: Sequence[str] | None = None, early: list[int] | None = None) -> int:
+    """Entry point; user errors print one located line and return 2, internal errors one
+    line and 1 (the traceback is logged at debug level)."""
+    redactor = Redactor()
     try:
+        args = _parser().parse_args(argv)
         if args.command == "run":
-            return _run(args)
+            return _run(args, redactor, early if early is not None else record_signals())
         if args.command == "check-config":
             return _check(args)
+        if args.command == "track":
+            from edge_agent.tools.track_cli import run as track
+
+            setup_logging("info", "text", redactor)
+            return track(args)
         if args.command == "models":
             from edge_agent.models_cli import run as models
 
-            setup_logging("info", "text")
+            setup_logging("info", "text", redactor)
             return models(args)
-        from edge_agent.watch import watch
+        from edge_agent.watch import run as watch
 
-        return watch(args.host, args.port, args.topic, args.count, args.until_offline, args.timeout)
+        return watch(args)
     except UserError as exc:
-        print(f"edge-agent: error: {exc}", file=sys.stderr)
+        print(f"edge-agent: error: {redactor(str(exc))}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        log.debug("internal error", exc_info=True)
+        print(
+            f"edge-agent: internal error: {redactor(f'{type(exc).__name__}: {exc}')} "
+            "(run with --log-level debug for the traceback; please report it)",
+            file=sys.stderr,
+        )
+        return 1
 
 
 if __name__ == "__main__":

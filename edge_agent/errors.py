@@ -31,3 +31,9 @@ class SourceError(UserError):
 
 class RuntimeMissingError(UserError):
     """No TFLite interpreter package is installed."""
+
+
+class CameraUnavailable(Exception):
+    """A camera that exists in the config cannot deliver frames right now (device missing,
+    stream down, no frame within `frame_timeout`). Not a user error: the supervisor retries
+    with backoff while the other cameras run on."""

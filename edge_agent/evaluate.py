@@ -14,11 +14,12 @@ import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import cv2
 import numpy as np
 import yaml
+from pydantic import BaseModel, ConfigDict, PositiveInt, ValidationError
 
 from edge_agent.errors import UserError
 from edge_agent.sources.replay import IMAGE_SUFFIXES
@@ -27,6 +28,7 @@ from edge_agent.types import Detection, Image
 log = logging.getLogger(__name__)
 
 Detect = Callable[[Image], Iterable[Detection]]
+_M = TypeVar("_M", bound=BaseModel)
 
 
 @dataclass
@@ -69,109 +71,292 @@ class GroundTruth:
         )
 
 
+Box = tuple[float, float, float, float]
+
+
+class _Lenient(BaseModel):
+    """Annotation files carry many more keys than these: extra keys are ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+
+
+class _CocoImage(_Lenient):
+    id: int
+    file_name: str
+    width: PositiveInt
+    height: PositiveInt
+
+
+class _CocoAnnotation(_Lenient):
+    image_id: int
+    category_id: int
+    bbox: Box
+    iscrowd: int = 0
+
+
+class _CocoCategory(_Lenient):
+    id: int
+    name: str
+
+
+class _Coco(_Lenient):
+    images: list[_CocoImage]
+    annotations: list[_CocoAnnotation]
+    categories: list[_CocoCategory]
+
+
+class _BoxObject(_Lenient):
+    label: str
+    bbox_xyxy: Box
+
+
+class _BoxImage(_Lenient):
+    file: str
+    width: PositiveInt
+    height: PositiveInt
+    objects: list[_BoxObject] = []
+
+
+class _Boxes(_Lenient):
+    images: list[_BoxImage]
+
+
+def _validated(model: type[_M], data: Any, where: str) -> _M:
+    """Parse with pydantic; the first problem becomes one line: `images[3].width: message`."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in first["loc"])
+        raise UserError(
+            f"{path.lstrip('.') or 'top level'}: {first['msg']} (--annotations)", where=where
+        ) from None
+
+
 def read_names(path: Path) -> list[str]:
     """Class names from a YAML (`names:` list or dict) or a text file (one per line)."""
-    text = path.read_text(encoding="utf-8")
+    text = _read_text(path, "names file", "--names")
     if path.suffix in (".yaml", ".yml"):
-        names = (yaml.safe_load(text) or {}).get("names")
-        if isinstance(names, dict):
-            return [str(names[k]) for k in sorted(names, key=int)]
-        if isinstance(names, list):
-            return [str(n) for n in names]
-        raise UserError("no `names:` list in the file", where=str(path))
-    return [line.strip() for line in text.splitlines() if line.strip()]
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            at = f"line {mark.line + 1}: " if mark is not None else ""
+            problem = getattr(exc, "problem", None) or exc
+            raise UserError(f"not valid YAML: {at}{problem} (--names)", where=str(path)) from None
+        names = _yaml_names(data.get("names") if isinstance(data, dict) else None, path)
+    else:
+        names = [line.strip() for line in text.splitlines() if line.strip()]
+    if not names:
+        raise UserError("no class names in the file (--names)", where=str(path))
+    return names
 
 
-def _images(folder: Path) -> list[Path]:
+def _yaml_names(names: object, path: Path) -> list[str]:
+    if isinstance(names, list):
+        return [str(n) for n in names]
+    if isinstance(names, dict):
+        try:
+            order = sorted(names, key=int)
+        except (TypeError, ValueError):
+            raise UserError(
+                "`names:` keys must be class numbers 0, 1, ... (--names)", where=str(path)
+            ) from None
+        return [str(names[k]) for k in order]
+    raise UserError(
+        "no `names:` list or mapping in the file (e.g. names: {0: person, 1: car}) (--names)",
+        where=str(path),
+    )
+
+
+def _read_text(path: Path, what: str, option: str) -> str:
+    """A UTF-8 text file's contents; every failure is a UserError naming the option."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"{what} not found ({option})", where=str(path)) from None
+    except IsADirectoryError:
+        raise UserError(f"is a folder, not a {what} ({option})", where=str(path)) from None
+    except UnicodeDecodeError:
+        raise UserError(f"{what} is not UTF-8 text ({option})", where=str(path)) from None
+    except OSError as exc:
+        raise UserError(f"cannot read {what}: {exc.strerror} ({option})", where=str(path)) from None
+
+
+def image_files(folder: Path) -> list[Path]:
+    """The image files directly in folder, sorted; UserError when there are none."""
+    if not folder.exists():
+        raise UserError("image folder not found (--images)", where=str(folder))
     if not folder.is_dir():
-        raise UserError("image folder not found", where=str(folder))
-    found = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        raise UserError(
+            "not a folder (--images: give the folder holding the images)", where=str(folder)
+        )
+    try:
+        entries = list(folder.iterdir())
+    except OSError as exc:
+        raise UserError(
+            f"cannot list the folder: {exc.strerror} (--images)", where=str(folder)
+        ) from None
+    found = sorted(p for p in entries if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if not found:
-        raise UserError("no images in folder", where=str(folder))
+        kinds = ", ".join(sorted(IMAGE_SUFFIXES))
+        raise UserError(f"no images ({kinds}) in the folder (--images)", where=str(folder))
     return found
 
 
 def _size(path: Path) -> tuple[int, int]:
     image = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if image is None:
-        raise UserError("cannot decode image", where=str(path))
+        raise UserError(
+            "cannot decode image (replace it or move it out of --images)", where=str(path)
+        )
     return int(image.shape[1]), int(image.shape[0])
 
 
-def load_ground_truth(images: Path, annotations: Path, names: list[str]) -> GroundTruth:
-    """Ground truth for the images in `images` from any supported annotation format."""
+def load_ground_truth(
+    images: Path, annotations: Path, names: list[str], names_source: str | None = None
+) -> GroundTruth:
+    """Ground truth for the images in `images` from any supported annotation format.
+
+    `names_source` says where `names` came from, for messages about YOLO class numbers
+    (default: `--names has N names`)."""
     if annotations.is_dir():
-        return _from_yolo(images, annotations, names)
+        source = names_source or f"--names has {len(names)} names"
+        gt = _from_yolo(images, annotations, names, source)
+    else:
+        gt = _from_json(images, annotations)
+    if not gt.annotations:
+        raise UserError(
+            f"no boxes for the {len(gt.images)} matching images: nothing to score "
+            "(check --annotations and --images)",
+            where=str(annotations),
+        )
+    return gt
+
+
+def _from_json(images: Path, annotations: Path) -> GroundTruth:
+    text = _read_text(annotations, "annotations file", "--annotations")
+    where = str(annotations)
     try:
-        data = json.loads(annotations.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise UserError(f"cannot read annotations: {exc}", where=str(annotations)) from None
+        data = json.loads(text)
+    except ValueError as exc:
+        raise UserError(f"not valid JSON: {exc} (--annotations)", where=where) from None
     if isinstance(data, dict) and "annotations" in data:
-        return _from_coco(images, data)
-    if isinstance(data, dict) and "images" in data:
-        return _from_boxes(images, data)
-    raise UserError("not COCO JSON, a boxes JSON or a YOLO labels folder", where=str(annotations))
-
-
-def _from_yolo(images: Path, labels: Path, names: list[str]) -> GroundTruth:
-    gt = GroundTruth(list(names))
-    for path in _images(images):
-        width, height = _size(path)
-        image_id = gt.add_image(path, width, height)
-        txt = labels / f"{path.stem}.txt"
-        if not txt.exists():
-            continue
-        for number, line in enumerate(txt.read_text().splitlines(), 1):
-            parts = line.split()
-            if not parts:
-                continue
-            try:
-                cls, cx, cy, w, h = int(parts[0]), *map(float, parts[1:5])
-                name = names[cls]
-            except (ValueError, IndexError):
-                raise UserError(
-                    "expected `class cx cy w h` with a known class", where=f"{txt}:{number}"
-                ) from None
-            gt.add_box(
-                image_id,
-                name,
-                (
-                    (cx - w / 2) * width,
-                    (cy - h / 2) * height,
-                    (cx + w / 2) * width,
-                    (cy + h / 2) * height,
-                ),
-            )
+        gt, listed = _from_coco(images, _validated(_Coco, data, where), where)
+    elif isinstance(data, dict) and "images" in data:
+        gt, listed = _from_boxes(images, _validated(_Boxes, data, where))
+    else:
+        found = (
+            f"an object with keys {', '.join(sorted(data)) or '(none)'}"
+            if isinstance(data, dict)
+            else f"a JSON {type(data).__name__.replace('dict', 'object')}"
+        )
+        raise UserError(
+            f"expected COCO JSON (images, annotations, categories) or a boxes JSON "
+            f"(images[].objects[]), found {found} (--annotations)",
+            where=where,
+        )
+    if not gt.images:
+        example = f" (e.g. {listed[0]!r})" if listed else ""
+        raise UserError(
+            f"none of the {len(listed)} images listed in the annotations is in {images}{example}; "
+            "files are matched by name (check --images)",
+            where=where,
+        )
     return gt
 
 
-def _from_coco(images: Path, data: dict[str, Any]) -> GroundTruth:
-    cats = {c["id"]: c["name"] for c in data.get("categories", [])}
+def _from_coco(images: Path, data: _Coco, where: str) -> tuple[GroundTruth, list[str]]:
+    cats = {c.id: c.name for c in data.categories}
+    listed = {img.id for img in data.images}
     gt = GroundTruth([])
-    by_name = {p.name: p for p in _images(images)}
+    by_name = {p.name: p for p in image_files(images)}
     ids: dict[int, int] = {}
-    for img in data["images"]:
-        path = by_name.get(Path(img["file_name"]).name)
+    for img in data.images:
+        path = by_name.get(Path(img.file_name).name)
         if path is not None:
-            ids[img["id"]] = gt.add_image(path, img["width"], img["height"])
-    for ann in data["annotations"]:
-        if ann["image_id"] in ids and not ann.get("iscrowd", 0):
-            x, y, w, h = ann["bbox"]
-            gt.add_box(ids[ann["image_id"]], cats[ann["category_id"]], (x, y, x + w, y + h))
-    return gt
+            ids[img.id] = gt.add_image(path, img.width, img.height)
+    for n, ann in enumerate(data.annotations):
+        if ann.image_id not in listed:
+            raise UserError(
+                f"annotations[{n}]: image_id {ann.image_id} is not in `images` (--annotations)",
+                where=where,
+            )
+        if ann.category_id not in cats:
+            raise UserError(
+                f"annotations[{n}]: category_id {ann.category_id} is not in `categories` "
+                "(--annotations)",
+                where=where,
+            )
+        if ann.image_id in ids and not ann.iscrowd:
+            x, y, w, h = ann.bbox
+            gt.add_box(ids[ann.image_id], cats[ann.category_id], (x, y, x + w, y + h))
+    return gt, [img.file_name for img in data.images]
 
 
-def _from_boxes(images: Path, data: dict[str, Any]) -> GroundTruth:
+def _from_boxes(images: Path, data: _Boxes) -> tuple[GroundTruth, list[str]]:
     gt = GroundTruth([])
-    by_name = {p.name: p for p in _images(images)}
-    for img in data["images"]:
-        path = by_name.get(Path(img["file"]).name)
+    by_name = {p.name: p for p in image_files(images)}
+    for img in data.images:
+        path = by_name.get(Path(img.file).name)
         if path is None:
             continue
-        image_id = gt.add_image(path, img["width"], img["height"])
-        for obj in img.get("objects", []):
-            gt.add_box(image_id, obj["label"], tuple(obj["bbox_xyxy"]))
+        image_id = gt.add_image(path, img.width, img.height)
+        for obj in img.objects:
+            gt.add_box(image_id, obj.label, obj.bbox_xyxy)
+    return gt, [img.file for img in data.images]
+
+
+def _from_yolo(images: Path, labels: Path, names: list[str], names_source: str) -> GroundTruth:
+    gt = GroundTruth(list(names))
+    matched = 0
+    files = image_files(images)
+    for path in files:
+        txt = labels / f"{path.stem}.txt"
+        width, height = _size(path)
+        image_id = gt.add_image(path, width, height)
+        if not txt.is_file():
+            continue  # an image without a label file has no objects (YOLO convention)
+        matched += 1
+        text = _read_text(txt, "label file", "--annotations")
+        for number, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                cls, (cx, cy, w, h) = _yolo_line(line, len(names), names_source, f"{txt}:{number}")
+                x1, y1 = (cx - w / 2) * width, (cy - h / 2) * height
+                gt.add_box(image_id, names[cls], (x1, y1, x1 + w * width, y1 + h * height))
+    if not matched:
+        raise UserError(
+            f"no label file matches an image in {images} (expected e.g. {files[0].stem}.txt; "
+            "check --annotations and --images)",
+            where=str(labels),
+        )
     return gt
+
+
+def _yolo_line(line: str, classes: int, names_source: str, where: str) -> tuple[int, Box]:
+    """One `class cx cy w h` line, checked; errors name the file and line."""
+    parts = line.split()
+    if len(parts) != 5:
+        polygon = " (segmentation polygons are not supported)" if len(parts) > 5 else ""
+        raise UserError(
+            f"expected 5 values `class cx cy w h`, found {len(parts)}{polygon}", where=where
+        )
+    try:
+        cls = int(parts[0])
+    except ValueError:
+        raise UserError(f"class {parts[0]!r} is not a whole number", where=where) from None
+    if not 0 <= cls < classes:
+        raise UserError(f"class {cls} is out of range: {names_source}", where=where)
+    try:
+        cx, cy, w, h = (float(v) for v in parts[1:])
+    except ValueError:
+        raise UserError(f"not a number in {' '.join(parts[1:])!r}", where=where) from None
+    # Ultralytics' own rule: coordinates are fractions of the image size (pixels are a mistake).
+    if not all(0.0 <= v <= 1.0 + 1e-3 for v in (cx, cy, w, h)):
+        raise UserError(
+            "cx cy w h must be fractions 0..1 of the image size (pixel values?)", where=where
+        )
+    return cls, (cx, cy, w, h)
 
 
 def detections_json(

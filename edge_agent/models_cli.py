@@ -1,4 +1,8 @@
-"""`edge-agent models inspect | eval`: look inside a model, and measure its accuracy."""
+"""`edge-agent models inspect | eval`: look inside a model, and measure its accuracy.
+
+Inputs the user names (model, labels, image, output, annotations) are checked before the model
+loads, so a typo fails at once as one `UserError` line naming the file and the option.
+"""
 
 from __future__ import annotations
 
@@ -10,15 +14,19 @@ import sys
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
+from pydantic import ValidationError
 
 from edge_agent.config.schema import ModelConfig
 from edge_agent.detect.detector import Detector
 from edge_agent.errors import UserError
 from edge_agent.types import Detection, Image
+
+if TYPE_CHECKING:
+    from edge_agent.evaluate import GroundTruth
 
 log = logging.getLogger(__name__)
 
@@ -57,10 +65,43 @@ def _model_options(parser: argparse.ArgumentParser, threshold: float) -> None:
     parser.add_argument("--threads", type=int, default=2)
 
 
+def check_file(path: Path, what: str, option: str) -> None:
+    """UserError unless path is an existing, readable file; names the option to fix."""
+    if path.is_dir():
+        inside = sorted(p.name for p in path.iterdir() if p.suffix == ".tflite")[:3]
+        hint = f"; it holds {', '.join(inside)}: pass that file" if inside else ""
+        raise UserError(f"is a folder, not a file ({option}){hint}", where=str(path))
+    if not path.exists():
+        raise UserError(f"{what} not found ({option})", where=str(path))
+    if not os.access(path, os.R_OK):
+        raise UserError(f"{what} is not readable: permission denied ({option})", where=str(path))
+
+
+def _check_model_options(model: Path, args: argparse.Namespace, model_option: str) -> None:
+    """Cheap checks before the model loads, so a typo costs no interpreter start-up."""
+    check_file(model, "model file", model_option)
+    if args.labels is not None:
+        check_file(args.labels, "labels file", "--labels")
+    if not 0.0 <= args.threshold <= 1.0:  # also rejects nan
+        raise UserError("must be a score 0..1", where=f"--threshold {args.threshold:g}")
+    if not 1 <= args.threads <= 64:
+        raise UserError("must be 1..64", where=f"--threads {args.threads}")
+
+
 def _detector(model: Path, args: argparse.Namespace) -> Detector:
-    cfg = ModelConfig.model_validate(
-        {"path": str(model), "labels": args.labels, "format": args.format, "threads": args.threads}
-    )
+    try:
+        cfg = ModelConfig.model_validate(
+            {
+                "path": str(model),
+                "labels": args.labels,
+                "format": args.format,
+                "threads": args.threads,
+            }
+        )
+    except ValidationError as exc:  # the checks above should leave nothing; never a traceback
+        first = exc.errors()[0]
+        option = f"--{first['loc'][0]}" if first["loc"] else "--model"
+        raise UserError(str(first["msg"]), where=option) from None
     return Detector(cfg, args.threshold)
 
 
@@ -73,6 +114,10 @@ def run(args: argparse.Namespace) -> int:
 
 def inspect(args: argparse.Namespace) -> int:
     """Print what the model is and how edge-agent will run it; optionally a smoke test."""
+    _check_model_options(args.model, args, "MODEL")
+    smoke: tuple[Image, Path] | None = None
+    if args.image is not None:
+        smoke = read_image(args.image, "--image"), _output_path(args)
     det = _detector(args.model, args)
     info = det.summary()
     ops = Counter(str(op.get("op_name")) for op in det.model.ops)
@@ -95,16 +140,52 @@ def inspect(args: argparse.Namespace) -> int:
             or "(not reported by this runtime)"
         )
     )
-    if args.image is not None:
-        _smoke(det, args)
+    if smoke is not None:
+        _smoke(det, args, *smoke)
     return 0
 
 
-def _smoke(det: Detector, args: argparse.Namespace) -> None:
-    frame = cv2.imread(str(args.image), cv2.IMREAD_COLOR)
+def read_image(path: Path, option: str) -> Image:
+    """Decode an image file; UserError naming the option when it is missing or not an image."""
+    check_file(path, "image file", option)
+    frame = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if frame is None:
-        raise UserError("cannot decode image", where=str(args.image))
-    image = np.asarray(frame, np.uint8)
+        raise UserError(
+            f"not an image OpenCV can decode ({option}: use a .jpg, .png or .bmp file)",
+            where=str(path),
+        )
+    return np.asarray(frame, np.uint8)
+
+
+def _output_path(args: argparse.Namespace) -> Path:
+    """Where the annotated image goes; checked before any work, so a bad path fails at once."""
+    name = f"{args.model.stem}.{args.image.stem}.png"
+    out: Path = args.output or _default_png(args.model, name)
+    if out.is_dir():
+        out = out / name
+    folder = out.parent
+    if not folder.is_dir():
+        raise UserError(
+            f"folder {folder} does not exist (create it, or choose another --output)",
+            where=str(out),
+        )
+    if not os.access(folder, os.W_OK) or (out.exists() and not os.access(out, os.W_OK)):
+        raise UserError(
+            f"cannot write in {folder}: permission denied or a read-only file system "
+            "(choose another --output)",
+            where=str(out),
+        )
+    if not cv2.haveImageWriter(str(out)):
+        raise UserError("unknown image type: end --output in .png or .jpg", where=str(out))
+    return out
+
+
+def _default_png(model: Path, name: str) -> Path:
+    folder = model.resolve().parent
+    return folder / name if os.access(folder, os.W_OK) else Path.cwd() / name
+
+
+def _smoke(det: Detector, args: argparse.Namespace, image: Image, out: Path) -> None:
     dets, ms = det.detect(image)
     print(
         f"smoke test {args.image}: {len(dets)} detections in {ms:.1f} ms "
@@ -114,16 +195,18 @@ def _smoke(det: Detector, args: argparse.Namespace) -> None:
     for d in dets:
         box = [round(d.box[0] * w), round(d.box[1] * h), round(d.box[2] * w), round(d.box[3] * h)]
         print(f"  {d.label:<16} {d.score:.2f}  {box}")
-    out = args.output or _default_png(args.model, args.image)
-    if not cv2.imwrite(str(out), annotate(image, dets)):
-        raise UserError("cannot write the annotated image", where=str(out))
+    ok, encoded = cv2.imencode(out.suffix, annotate(image, dets))
+    if not ok:
+        raise UserError("cannot encode the annotated image (--output)", where=str(out))
+    try:
+        out.write_bytes(encoded.tobytes())
+    except OSError as exc:
+        out.unlink(missing_ok=True)  # never leave a truncated picture behind
+        raise UserError(
+            f"cannot write the annotated image: {exc.strerror or exc} (choose another --output)",
+            where=str(out),
+        ) from None
     print(f"annotated  {out}")
-
-
-def _default_png(model: Path, image: Path) -> Path:
-    name = f"{model.stem}.{image.stem}.png"
-    folder = model.resolve().parent
-    return folder / name if os.access(folder, os.W_OK) else Path.cwd() / name
 
 
 def annotate(image: Image, dets: tuple[Detection, ...]) -> Image:
@@ -159,9 +242,19 @@ def evaluate(args: argparse.Namespace) -> int:
         raise UserError(
             "model evaluation needs faster-coco-eval: pip install 'edge-agent[eval]'"
         ) from None
+    _check_model_options(args.model, args, "--model")
+    names = ev.read_names(args.names) if args.names else None
+    gt = None
+    if names is not None or not args.annotations.is_dir():
+        # The data is checked before the model loads: a mistake there fails at once.
+        gt = ev.load_ground_truth(args.images, args.annotations, names or [])
+    else:
+        ev.image_files(args.images)
     det = _detector(args.model, args)
-    names = ev.read_names(args.names) if args.names else list(det.labels)
-    gt = ev.load_ground_truth(args.images, args.annotations, names)
+    if gt is None:
+        source = f"the model has {len(det.labels)} labels (give --names with the dataset's classes)"
+        gt = ev.load_ground_truth(args.images, args.annotations, list(det.labels), source)
+    _check_overlap(gt, det.labels, args.model)
     with _Progress(len(gt.images)) as step:
         results = ev.detections_json(gt, lambda img: det.detect(img)[0], step)
     report = ev.coco_map(gt, results)
@@ -172,6 +265,20 @@ def evaluate(args: argparse.Namespace) -> int:
     else:
         _print_table(report)
     return 0
+
+
+def _check_overlap(gt: GroundTruth, labels: list[str], model: Path) -> None:
+    """UserError when no class of the annotations is a label of the model (mAP would be 0)."""
+    present = sorted({gt.names[a["category_id"] - 1] for a in gt.annotations})
+    if set(present) & set(labels):
+        return
+    shown = ", ".join(present[:5]) + (" ..." if len(present) > 5 else "")
+    mine = ", ".join(labels[:5]) + (" ..." if len(labels) > 5 else "")
+    raise UserError(
+        f"none of the annotated classes ({shown}) is a label of the model ({mine}); "
+        "check --labels, --names and --annotations",
+        where=str(model),
+    )
 
 
 class _Progress:

@@ -26,6 +26,9 @@ if ! .venv/bin/python -c 'import edge_agent, pytest, ruff' >/dev/null 2>&1 \
   log "installing edge-agent with test extras into .venv"
   .venv/bin/python -m pip install -q --upgrade pip >/dev/null
   .venv/bin/python -m pip install -q -e '.[test]'
+  # supervision (a tracker the tests compare against) asks for opencv-python, which would shadow
+  # opencv-python-headless: its other needs are in the test extra, so install it alone.
+  .venv/bin/python -m pip install -q --no-deps 'supervision==0.26.*'
   touch .venv/.installed
 fi
 

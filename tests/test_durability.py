@@ -138,12 +138,15 @@ def test_kill9_loses_nothing_committed(broker: Broker, tmp: Path) -> None:
     path = write_config(tmp, cfg)
     first = AgentProcess(path, "--log-level", "debug")
     try:
-        assert first.wait_for_line("committed", 60, times=400)
+        assert first.wait_for_line(", detections)", 60, times=400)
         first.proc.send_signal(signal.SIGKILL)
         first.wait(10)
     finally:
         first.kill()
-    committed = set(re.findall(r"committed ([0-9a-f]{32}) to outbox", first.output))
+    # Every committed detection (camera state messages are committed too, on another topic).
+    committed = set(
+        re.findall(r"committed ([0-9a-f]{32}) to outbox \(seq \d+, detections\)", first.output)
+    )
     assert len(committed) >= 400
     sub = Subscriber(broker.port, "edge/kill-1/#")
     proxy.up()

@@ -86,6 +86,21 @@ def test_password_sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     assert read_password(MqttConfig(password_file=tmp_path / "pw")) == "from-file"
 
 
+@pytest.mark.parametrize(("mode", "warned"), [(0o600, False), (0o640, True), (0o644, True)])
+def test_password_file_readable_by_others_is_warned(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, mode: int, warned: bool
+) -> None:
+    pw = tmp_path / "pw"
+    pw.write_text("s3cret\n")
+    pw.chmod(mode)
+    assert read_password(MqttConfig(password_file=pw)) == "s3cret"
+    said = [
+        r.getMessage() for r in caplog.records if "can be read by other users" in r.getMessage()
+    ]
+    assert bool(said) == warned
+    assert all("s3cret" not in line and "chmod 600" in line for line in said)
+
+
 @pytest.mark.parametrize(
     ("env", "expected"),
     [

@@ -10,7 +10,8 @@ import pytest
 
 from edge_agent.config.schema import OutboxConfig
 from edge_agent.health import Counters
-from edge_agent.publish.outbox import MemoryStore, Outbox, SqliteStore, Stored, open_store
+from edge_agent.publish.outbox import MemoryStore, Outbox, SqliteStore, Stored
+from edge_agent.publish.outbox_open import open_outbox
 from edge_agent.publish.payloads import OutMessage
 
 
@@ -20,14 +21,14 @@ def _msg(i: int, kind: str = "detections", size: int = 100) -> OutMessage:
 
 def _outbox(tmp: Path, counters: Counters, **limits: object) -> Outbox:
     cfg = OutboxConfig.model_validate({"path": str(tmp / "o.db"), **limits})
-    return Outbox(open_store(tmp / "o.db", "normal", counters), cfg, counters)
+    return open_outbox(cfg, "d", counters, {})
 
 
 @pytest.mark.parametrize("store", ["sqlite", "memory"])
 def test_fifo_fetch_and_ack(tmp: Path, store: str) -> None:
     counters = Counters()
     cfg = OutboxConfig()
-    backend = open_store(tmp / "o.db", "normal", counters) if store == "sqlite" else MemoryStore()
+    backend = SqliteStore(tmp / "o.db", "normal") if store == "sqlite" else MemoryStore()
     box = Outbox(backend, cfg, counters)
     for i in range(10):
         box.put(_msg(i))
@@ -35,7 +36,7 @@ def test_fifo_fetch_and_ack(tmp: Path, store: str) -> None:
     first = box.fetch(0, 4)
     assert [s.msg.id for s in first] == ["id0", "id1", "id2", "id3"]
     assert [s.msg.id for s in box.fetch(first[-1].seq, 100)] == [f"id{i}" for i in range(4, 10)]
-    box.ack([s.seq for s in first])
+    box.ack(first)
     assert len(box) == 6 and box.bytes == 600
     assert [s.msg.id for s in box.fetch(0, 2)] == ["id4", "id5"]
 
@@ -44,7 +45,7 @@ def test_survives_reopen_in_order(tmp: Path) -> None:
     box = _outbox(tmp, Counters())
     for i in range(5):
         box.put(_msg(i))
-    box.ack([box.fetch(0, 1)[0].seq])
+    box.ack(box.fetch(0, 1))
     box.close()
     again = _outbox(tmp, Counters())
     assert len(again) == 4
@@ -167,7 +168,8 @@ def test_disk_full_keeps_running_in_memory(tmp: Path, caplog: pytest.LogCaptureF
     assert "disk is full" in caplog.text
     items = box.fetch(0, 10)
     assert [s.msg.id for s in items] == [f"id{i}" for i in range(6)]  # disk first, then memory
-    box.ack([s.seq for s in items])
+    assert "new messages in memory" in box.mode
+    box.ack(items)
     assert len(box) == 0
 
 
@@ -177,7 +179,7 @@ class BrokenReads(SqliteStore):
     def rows(self, after: int, limit: int) -> list[Stored]:
         raise sqlite3.DatabaseError("database disk image is malformed")
 
-    def delete(self, seqs: Sequence[int]) -> list[tuple[str, int]]:
+    def delete(self, seqs: Sequence[int]) -> list[int]:
         raise sqlite3.DatabaseError("database disk image is malformed")
 
 
@@ -187,8 +189,11 @@ def test_unreadable_disk_is_abandoned_not_fatal(tmp: Path) -> None:
     first.close()
     counters = Counters()
     box = Outbox(BrokenReads(tmp / "o.db", "normal"), OutboxConfig(), counters)
-    assert box.fetch(0, 10) == []  # the previous run's message cannot be read back
+    assert len(box) == 1
+    assert box.fetch(0, 10) == []  # the previous run's message cannot be read back...
     assert counters.get("outbox.errors") == 1
+    assert len(box) == 0  # ...and no longer counts, so nothing waits for it forever
+    assert box.mode.startswith("memory (fallback: unreadable")
     box.put(_msg(1))
     assert [s.msg.id for s in box.fetch(0, 10)] == ["id1"]
 
@@ -197,7 +202,9 @@ def test_corrupt_file_is_moved_aside(tmp: Path) -> None:
     path = tmp / "o.db"
     path.write_bytes(b"this is not a sqlite database" * 100)
     counters = Counters()
-    store = open_store(path, "normal", counters)
-    assert store.totals() == (0, 0, 0)
+    box = _outbox(tmp, counters)
+    assert len(box) == 0 and box.mode == f"sqlite {path}"
     assert counters.get("outbox.corrupt") == 1
-    assert list(tmp.glob("o.db.corrupt-*"))
+    assert [p.read_bytes()[:29] for p in tmp.glob("o.db.corrupt-*")] == [
+        b"this is not a sqlite database"
+    ]

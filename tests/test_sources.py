@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from edge_agent.config.schema import CameraConfig
-from edge_agent.errors import SourceError
+from edge_agent.errors import CameraUnavailable, SourceError
 from edge_agent.sources import create_source
 from tests.helpers import IMAGES, VIDEO
 
@@ -99,10 +99,17 @@ class FakePicamera2:
     def start(self) -> None:
         self.started = True
 
-    def capture_array(self, name: str = "main") -> np.ndarray:
+    def capture_array(
+        self, name: str = "main", wait: bool | None = None, signal_function: Any = None
+    ) -> Any:
         assert self.started and name == "main" and self.config is not None
         w, h = self.config["main"]["size"]
-        return np.full((h, w, 4), 7, np.uint8)  # XBGR8888-style 4 channels
+        image = np.full((h, w, 4), 7, np.uint8)  # XBGR8888-style 4 channels
+        return ("job", image) if wait is False else image
+
+    def wait(self, job: Any, timeout: float | None = None) -> np.ndarray:
+        assert job[0] == "job" and timeout is not None and timeout > 0
+        return job[1]  # type: ignore[no-any-return]
 
     def stop(self) -> None:
         self.started = False
@@ -143,6 +150,8 @@ def test_rtsp_unreachable_is_clear() -> None:
     src = create_source(
         "net", _camera({"type": "rtsp", "url": "rtsp://user:secret@127.0.0.1:9/x"}), 0.0
     )
-    with pytest.raises(SourceError) as info:
+    with pytest.raises(CameraUnavailable) as info:
         src.open()
-    assert "secret" not in str(info.value) and "cannot open stream" in str(info.value)
+    assert str(info.value) == (
+        "stream rtsp://***@127.0.0.1:9/x: connection refused (camera down, booting, or wrong port)"
+    )

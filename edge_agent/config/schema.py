@@ -7,93 +7,28 @@ validation context) but never touched on disk here; the runtime checks files whe
 from __future__ import annotations
 
 import socket
-from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import (
     AfterValidator,
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
     Field,
-    ValidationInfo,
     field_validator,
     model_validator,
 )
 
-_FORBIDDEN_TOPIC_CHARS = ("+", "#", "/", "\x00")
-
-
-def _resolve(value: Path, info: ValidationInfo) -> Path:
-    """Join a relative path to the config file's folder (no filesystem access)."""
-    base = (info.context or {}).get("base_dir")
-    if value.is_absolute() or base is None:
-        return value
-    return Path(base) / value
-
-
-ConfigPath = Annotated[Path, AfterValidator(_resolve)]
-
-
-def check_topic_segment(value: str) -> str:
-    """Reject names that would break or widen an MQTT topic."""
-    if not value:
-        raise ValueError("must not be empty")
-    bad = [c for c in _FORBIDDEN_TOPIC_CHARS if c in value]
-    if bad:
-        shown = ", ".join(repr(c) for c in bad)
-        raise ValueError(f"{value!r} contains {shown}, not allowed in an MQTT topic segment")
-    return value
-
-
-TopicSegment = Annotated[str, AfterValidator(check_topic_segment)]
-
-
-class Strict(BaseModel):
-    """Base for every section: unknown keys are errors, values are immutable."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-_DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-_SIZE_UNITS = {
-    "b": 1,
-    "kb": 10**3,
-    "mb": 10**6,
-    "gb": 10**9,
-    "kib": 2**10,
-    "mib": 2**20,
-    "gib": 2**30,
-}
-
-
-def _duration(value: object) -> object:
-    """Accept seconds as a number or a string like `90s`, `15m`, `24h`, `7d`."""
-    if isinstance(value, str):
-        text = value.strip().lower()
-        unit = text[-1:] if text[-1:] in _DURATION_UNITS else "s"
-        number = text[:-1] if text[-1:] in _DURATION_UNITS else text
-        try:
-            return float(number) * _DURATION_UNITS[unit]
-        except ValueError:
-            raise ValueError(f"{value!r} is not a duration (e.g. 30, 90s, 15m, 24h, 7d)") from None
-    return value
-
-
-def _size(value: object) -> object:
-    """Accept bytes as a number or a string like `500MB`, `1GiB`."""
-    if isinstance(value, str):
-        text = value.strip().lower().replace(" ", "")
-        digits = text.rstrip("abcdefghijklmnopqrstuvwxyz")
-        unit = text[len(digits) :] or "b"
-        if unit not in _SIZE_UNITS or not digits:
-            raise ValueError(f"{value!r} is not a size (e.g. 104857600, 100MB, 1GiB)")
-        return int(float(digits) * _SIZE_UNITS[unit])
-    return value
-
-
-Seconds = Annotated[float, BeforeValidator(_duration), Field(ge=0)]
-Bytes = Annotated[int, BeforeValidator(_size), Field(ge=0)]
+from edge_agent.config.base import Strict
+from edge_agent.config.values import (
+    MAX_BYTES,
+    MAX_PIXELS,
+    MQTT_MAX_INTERVAL,
+    Bytes,
+    ConfigPath,
+    Seconds,
+    Text,
+    TopicPrefix,
+    TopicSegment,
+    bounded,
+)
 
 
 class TlsConfig(Strict):
@@ -115,40 +50,55 @@ class TlsConfig(Strict):
 class MqttConfig(Strict):
     """Broker connection and topic layout."""
 
-    host: str = "127.0.0.1"
+    host: Text = Field("127.0.0.1", min_length=1, max_length=253)
     port: int = Field(1883, ge=1, le=65535)
     protocol: Literal["5", "3.1.1"] = "5"
     tls: TlsConfig = TlsConfig()
-    message_expiry: Seconds | None = Field(None, description="MQTT 5: broker drops older")
-    session_expiry: Seconds = Field(0, description="MQTT 5 session expiry interval")
-    topic_prefix: str = "edge"
+    message_expiry: Seconds | None = Field(
+        None, ge=1, le=MQTT_MAX_INTERVAL, description="MQTT 5: broker drops older, seconds"
+    )
+    session_expiry: Seconds = Field(
+        0, ge=0, le=MQTT_MAX_INTERVAL, description="MQTT 5 session expiry interval, seconds"
+    )
+    topic_prefix: TopicPrefix = "edge"
     qos: Literal[0, 1, 2] = 1
-    client_id: str | None = None
-    username: str | None = None
+    client_id: Annotated[str, AfterValidator(bounded(128)), Field(min_length=1)] | None = None
+    # An MQTT UTF-8 string carries a two-byte length.
+    username: Annotated[str, AfterValidator(bounded(65535))] | None = None
     password_file: ConfigPath | None = None
     keepalive: int = Field(30, ge=5, le=3600, description="seconds")
-    reconnect_min_delay: float = Field(1.0, gt=0, description="seconds")
-    reconnect_max_delay: float = Field(30.0, gt=0, description="seconds")
+    reconnect_min_delay: Seconds = Field(1.0, gt=0, le=3600, description="seconds")
+    reconnect_max_delay: Seconds = Field(30.0, gt=0, le=3600, description="seconds")
     max_inflight: int = Field(20, ge=1, le=1000)
+    # MQTT's largest packet is 268435455 bytes (a four-byte remaining length).
+    max_message_bytes: Bytes | None = Field(
+        None, ge=1024, le=268435455, description="largest packet the broker accepts"
+    )
+    quarantine_after: int = Field(
+        3, ge=1, le=100, description="disconnects with one message in flight before dead-letter"
+    )
 
     @field_validator("protocol", mode="before")
     @classmethod
     def _protocol_text(cls, value: object) -> object:
         return str(value) if isinstance(value, int | float) else value
 
-    @field_validator("topic_prefix")
-    @classmethod
-    def _prefix(cls, value: str) -> str:
-        if not value or any(c in value for c in ("+", "#", "\x00")):
-            raise ValueError("must be a non-empty topic without wildcards")
-        return value.strip("/")
+    @model_validator(mode="after")
+    def _delays(self) -> MqttConfig:
+        if self.reconnect_min_delay > self.reconnect_max_delay:
+            raise ValueError("reconnect_min_delay must not exceed reconnect_max_delay")
+        return self
+
+
+# Normalization constants: pixel values are 0..255, so anything beyond is a typo.
+_Norm = Annotated[float, Field(ge=-1000, le=1000)]
 
 
 class MeanStd(Strict):
     """Per-channel normalization: (pixel - mean) / std, in the model's colour order."""
 
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
+    mean: tuple[_Norm, _Norm, _Norm]
+    std: tuple[_Norm, _Norm, _Norm]
 
     @field_validator("std")
     @classmethod
@@ -170,10 +120,10 @@ class AnchorsConfig(Strict):
     """Anchor grid of SSD-style models decoded without a postprocess op (MediaPipe anchors:
     layers with the same stride share a grid)."""
 
-    strides: list[Annotated[int, Field(ge=1)]] = Field(
-        default_factory=lambda: [8, 16, 16, 16], min_length=1
+    strides: list[Annotated[int, Field(ge=1, le=1024)]] = Field(
+        default_factory=lambda: [8, 16, 16, 16], min_length=1, max_length=32
     )
-    anchors_per_layer: int = Field(2, ge=1)
+    anchors_per_layer: int = Field(2, ge=1, le=64)
 
 
 class ModelConfig(Strict):
@@ -206,25 +156,35 @@ class ImagesSource(Strict):
     path: ConfigPath
     realtime: bool = False
     loop: bool = False
-    fps: float = Field(1.0, gt=0, description="frames per second of replay time")
+    fps: float = Field(1.0, gt=0, le=1000, description="frames per second of replay time")
 
 
-class V4l2Source(Strict):
+class _LiveSource(Strict):
+    """What every live camera shares: how a stalled or failed camera is retried."""
+
+    frame_timeout: Seconds = Field(
+        10.0, gt=0, le=3600, description="seconds without a frame before reconnecting"
+    )
+    reconnect_delay: Seconds = Field(
+        2.0, gt=0, le=3600, description="seconds before the first retry (then backing off)"
+    )
+
+
+class V4l2Source(_LiveSource):
     """A USB/V4L2 camera opened through OpenCV."""
 
     type: Literal["v4l2"]
-    device: str | int = "/dev/video0"
-    width: int | None = Field(None, ge=1)
-    height: int | None = Field(None, ge=1)
-    fps: float | None = Field(None, gt=0)
+    device: Text | Annotated[int, Field(ge=0, le=255)] = "/dev/video0"
+    width: int | None = Field(None, ge=1, le=MAX_PIXELS)
+    height: int | None = Field(None, ge=1, le=MAX_PIXELS)
+    fps: float | None = Field(None, gt=0, le=1000)
 
 
-class RtspSource(Strict):
+class RtspSource(_LiveSource):
     """An RTSP or HTTP(S) network stream opened through OpenCV/FFmpeg."""
 
     type: Literal["rtsp"]
-    url: str
-    reconnect_delay: float = Field(2.0, gt=0, description="seconds")
+    url: Text = Field(max_length=4096)
 
     @field_validator("url")
     @classmethod
@@ -234,14 +194,14 @@ class RtspSource(Strict):
         return value
 
 
-class Picamera2Source(Strict):
+class Picamera2Source(_LiveSource):
     """A Raspberry Pi camera module through picamera2."""
 
     type: Literal["picamera2"]
-    camera_num: int = Field(0, ge=0)
-    width: int = Field(1280, ge=64)
-    height: int = Field(720, ge=64)
-    fps: float | None = Field(None, gt=0)
+    camera_num: int = Field(0, ge=0, le=63)
+    width: int = Field(1280, ge=64, le=MAX_PIXELS)
+    height: int = Field(720, ge=64, le=MAX_PIXELS)
+    fps: float | None = Field(None, gt=0, le=1000)
 
 
 SourceConfig = Annotated[
@@ -261,7 +221,7 @@ class DetectConfig(Strict):
 
     min_score: float = Field(0.5, ge=0, le=1)
     labels: list[str] | None = None
-    per_label: dict[str, LabelRule] = {}
+    per_label: dict[str, LabelRule] = Field(default_factory=dict)
 
 
 class SamplesConfig(Strict):
@@ -270,9 +230,9 @@ class SamplesConfig(Strict):
     enabled: bool = False
     min_score: float = Field(0.3, ge=0, le=1)
     max_score: float = Field(0.5, ge=0, le=1)
-    max_per_minute: int = Field(6, ge=0)
+    max_per_minute: int = Field(6, ge=0, le=60000)  # 1000 per second: no limit in practice
     jpeg_quality: int = Field(85, ge=1, le=100)
-    max_side: int = Field(1280, ge=16)
+    max_side: int = Field(1280, ge=16, le=MAX_PIXELS)
 
     @model_validator(mode="after")
     def _band(self) -> SamplesConfig:
@@ -315,8 +275,9 @@ class OutboxConfig(Strict):
 
     enabled: bool = True
     path: ConfigPath | None = Field(None, description="default: <state dir>/outbox-<device>.db")
-    max_bytes: Bytes = 100 * 2**20
-    max_age: Seconds = 7 * 86400.0
+    # A spool that cannot hold one message, or keeps nothing for a minute, is a mistake.
+    max_bytes: Bytes = Field(100 * 2**20, ge=100, le=MAX_BYTES)
+    max_age: Seconds = Field(7 * 86400.0, ge=60, le=MQTT_MAX_INTERVAL, description="seconds")
     sync: Literal["normal", "full"] = Field(
         "normal", description="normal: survives a killed agent; full: also power loss (slower)"
     )
@@ -326,8 +287,15 @@ class RuntimeConfig(Strict):
     """Threads and shutdown."""
 
     queue_size: int = Field(4, ge=1, le=256, description="frames buffered per camera")
-    shutdown_timeout: float = Field(10.0, ge=0, description="seconds to deliver pending messages")
-    stats_interval: float = Field(60.0, gt=0, description="seconds between stats messages")
+    shutdown_timeout: Seconds = Field(
+        10.0, ge=0, le=3600, description="seconds to deliver pending messages"
+    )
+    stats_interval: Seconds = Field(
+        60.0, gt=0, le=86400, description="seconds between stats messages"
+    )
+    retry_max_delay: Seconds = Field(
+        60.0, ge=1, le=3600, description="cap of the camera reconnect backoff, seconds"
+    )
 
 
 def _hostname() -> str:
@@ -337,7 +305,8 @@ def _hostname() -> str:
 class AgentConfig(Strict):
     """The whole agent configuration file."""
 
-    device_id: TopicSegment = Field(default_factory=_hostname)
+    # validate_default: a hostname that is not a valid topic level is reported, not used.
+    device_id: TopicSegment = Field(default_factory=_hostname, validate_default=True)
     mqtt: MqttConfig = MqttConfig()
     model: ModelConfig
     cameras: dict[TopicSegment, CameraConfig] = Field(min_length=1)

@@ -11,6 +11,7 @@ import numpy as np
 import numpy.typing as npt
 
 from edge_agent.config.schema import MeanStd, ModelConfig
+from edge_agent.core.detections import Detections
 from edge_agent.detect import anchors, ssd, yolo
 from edge_agent.detect.interpreter import LoadedModel, TensorSpec, load_model
 from edge_agent.detect.labels import embedded_labels, fit_labels, read_label_file
@@ -226,8 +227,9 @@ class Detector:
         """Label for a class index (out-of-range ids get a synthetic name)."""
         return self.labels[class_id] if 0 <= class_id < len(self.labels) else f"class_{class_id}"
 
-    def detect(self, image: Image) -> tuple[tuple[Detection, ...], float]:
-        """Detections in a BGR frame (after NMS, above min_score) and the time it took in ms."""
+    def detect_arrays(self, image: Image) -> tuple[Detections, float]:
+        """Detections in a BGR frame as arrays (after NMS, above min_score; boxes normalized
+        to the frame) and the time it took in ms."""
         start = time.perf_counter()
         tensor, transform = prepare(image, self.plan)
         interp = self.model.interpreter
@@ -236,17 +238,29 @@ class Detector:
         decoded = self.decoder.decode(lambda spec: interp.get_tensor(spec.index), self.min_score)
         if self.family != "ssd":
             decoded = nms(decoded, self.nms_iou, self.cfg.max_detections)
-        boxes = transform.to_frame(decoded.boxes)
         kps = (
             transform.points_to_frame(decoded.keypoints) if decoded.keypoints is not None else None
         )
-        dets = tuple(
-            Detection(self.label(int(c)), int(c), float(s), _box(b), _points(kps, i))
-            for i, (b, s, c) in enumerate(
-                zip(boxes, decoded.scores, decoded.class_ids, strict=True)
-            )
+        dets = Detections(
+            np.asarray(transform.to_frame(decoded.boxes), np.float32).reshape(-1, 4),
+            np.asarray(decoded.scores, np.float32),
+            np.asarray(decoded.class_ids, np.int64),
+            keypoints=None if kps is None else np.asarray(kps, np.float32),
         )
         return dets, (time.perf_counter() - start) * 1000.0
+
+    def detect(self, image: Image) -> tuple[tuple[Detection, ...], float]:
+        """Detections in a BGR frame as objects (see detect_arrays) and the time in ms."""
+        dets, ms = self.detect_arrays(image)
+        return self.to_objects(dets), ms
+
+    def to_objects(self, dets: Detections) -> tuple[Detection, ...]:
+        """One Detection object per box, labelled (for payloads built per box)."""
+        kps = dets.keypoints
+        return tuple(
+            Detection(self.label(int(c)), int(c), float(s), _box(b), _points(kps, i))
+            for i, (b, s, c) in enumerate(zip(dets.xyxy, dets.score, dets.class_id, strict=True))
+        )
 
     @property
     def nms_iou(self) -> float:

@@ -13,6 +13,7 @@ import numpy as np
 import numpy.typing as npt
 
 from edge_agent.errors import ModelError, RuntimeMissingError
+from edge_agent.files import open_regular
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +85,7 @@ def interpreter_class() -> tuple[Any, str]:
 def check_tflite_file(path: Path) -> None:
     """Raise ModelError unless path is a readable TFLite flatbuffer."""
     try:
-        with path.open("rb") as fh:
+        with open_regular(path) as fh:
             head = fh.read(8)
     except FileNotFoundError:
         raise ModelError("model file not found", where=str(path)) from None

@@ -3,15 +3,14 @@
 The thread connects (TLS and auth as configured), reconnects with exponential backoff and
 jitter, runs paho's network loop, and feeds messages from the outbox into a bounded in-flight
 window. paho callbacks run inside that loop and only put events on a queue. A message leaves
-the outbox when the broker acknowledges it; after a reconnect paho re-sends what was in flight,
-and after a restart the outbox replays everything it still holds, in order.
+the outbox when the broker acknowledges it. Each connection gets a fresh paho client: after a
+loss, what was in flight is fed again from the outbox, in order, so the publisher alone decides
+what goes on the wire (the window, probing a suspected poison message, size limits).
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import random
 import ssl
 import threading
 import time
@@ -20,37 +19,35 @@ from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
+from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.reasoncodes import ReasonCode
 
 from edge_agent.config.schema import MqttConfig
 from edge_agent.errors import ConfigError
 from edge_agent.health import Counters
+from edge_agent.publish.client import (
+    Backoff,
+    Client,
+    connect_properties,
+    make_client,
+    publish_properties,
+    read_password,
+)
+from edge_agent.publish.guard import Guard
 from edge_agent.publish.outbox import Outbox, Stored
 from edge_agent.publish.payloads import OutMessage, Topics
 
+__all__ = ["Backoff", "MqttPublisher", "read_password"]
+
 log = logging.getLogger(__name__)
 
-PASSWORD_ENV = "EDGE_AGENT_MQTT_PASSWORD"  # noqa: S105 (a variable name, not a secret)
 LOOP_TIMEOUT = 0.02  # seconds paho's loop waits for socket activity per turn
 EXPIRE_EVERY = 10.0  # seconds between outbox age checks
 ACK_BATCH = 256  # acknowledged messages removed from the outbox in one transaction...
 ACK_DELAY = 0.05  # ...or after this many seconds, or as soon as nothing is in flight
-
-
-def read_password(cfg: MqttConfig) -> str | None:
-    """The broker password from `password_file`, else the environment, else None."""
-    if cfg.password_file is not None:
-        try:
-            return cfg.password_file.read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise ConfigError(
-                f"cannot read password file: {exc.strerror}",
-                where=f"mqtt.password_file: {cfg.password_file}",
-            ) from None
-    return os.environ.get(PASSWORD_ENV)
+STABLE_AFTER = 10.0  # seconds a connection must last before the reconnect backoff resets
+# Refusals that say "not now" rather than "never": the message is sent again, not quarantined.
+TRANSIENT_REFUSALS = frozenset({0x91, 0x97})  # packet identifier in use, quota exceeded
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,42 +56,8 @@ class _Event:
     code: int = 0
     reason: str = ""
     mid: int = 0
-
-
-class Backoff:
-    """Exponential backoff with full jitter between min and max delay."""
-
-    def __init__(self, low: float, high: float) -> None:
-        self.low, self.high = low, max(low, high)
-        self.attempt = 0
-
-    def next_delay(self) -> float:
-        """Delay before the next attempt, seconds."""
-        ceiling = min(self.high, self.low * 2 ** min(self.attempt, 16))
-        self.attempt += 1
-        return random.uniform(self.low / 2, ceiling)  # noqa: S311 (jitter, not crypto)
-
-    def reset(self) -> None:
-        """After a successful connection."""
-        self.attempt = 0
-
-
-def _properties(packet_type: int) -> Properties:
-    """MQTT 5 properties for a packet type (paho's constructor is untyped)."""
-    return Properties(packet_type)  # type: ignore[no-untyped-call]
-
-
-def _tls_context(cfg: MqttConfig) -> ssl.SSLContext:
-    tls = cfg.tls
-    try:
-        ctx = ssl.create_default_context(cafile=str(tls.ca_file) if tls.ca_file else None)
-        if tls.cert_file is not None and tls.key_file is not None:
-            ctx.load_cert_chain(str(tls.cert_file), str(tls.key_file))
-    except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(f"cannot load TLS files: {exc}", where="mqtt.tls") from None
-    if tls.insecure:
-        ctx.check_hostname = False
-    return ctx
+    limit: int | None = None  # CONNACK Maximum Packet Size (MQTT 5)
+    receive_max: int | None = None  # CONNACK Receive Maximum (MQTT 5): QoS>0 in flight
 
 
 class MqttPublisher:
@@ -106,13 +69,16 @@ class MqttPublisher:
         self.counters = counters
         self.outbox = outbox
         self.client_id = cfg.client_id or f"edge-agent-{device_id}"
+        self.guard = Guard(cfg, self.client_id, counters, outbox)
         # deque append/popleft are atomic: a lock-free hand-off queue for paho's callbacks.
         self._events: deque[_Event] = deque()
         self._inflight: dict[int, Stored] = {}
         self._cursor = 0  # highest outbox seq handed to paho
-        self._acked: list[int] = []
+        self._acked: list[Stored] = []
         self._last_ack_flush = 0.0
         self._connected = threading.Event()
+        self._connected_at = 0.0
+        self._acks_this_connection = 0
         self._socket_open = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -120,32 +86,23 @@ class MqttPublisher:
         self._next_attempt = 0.0
         self._last_error = ""
         self._next_expire = 0.0
-        self.client = self._make_client(read_password(cfg))
+        self._password = read_password(cfg)
+        self._receive_max: int | None = None
+        self._connector: tuple[threading.Thread, list[BaseException | None]] | None = None
+        self.client = self._new_client()
 
-    def _make_client(self, password: str | None) -> paho.Client:
-        v5 = self.cfg.protocol == "5"
-        client = paho.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=self.client_id,
-            protocol=paho.MQTTv5 if v5 else paho.MQTTv311,
-            clean_session=None if v5 else True,
-        )
-        if self.cfg.username:
-            client.username_pw_set(self.cfg.username, password)
-        if self.cfg.tls.enabled:
-            client.tls_set_context(_tls_context(self.cfg))
-            client.tls_insecure_set(self.cfg.tls.insecure)
-        client.will_set(self.topics.status, b"offline", qos=1, retain=True)
-        client.max_inflight_messages_set(self.cfg.max_inflight)
-        client.connect_timeout = 5.0
+    def _new_client(self) -> Client:
+        client = make_client(self.cfg, self.client_id, self.topics.status, self._password)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
         return client
 
     # paho callbacks (inside client.loop on the publisher thread): hand off only.
-    def _on_connect(self, _c: Any, _u: Any, _f: Any, rc: ReasonCode, _p: Any) -> None:
-        self._events.append(_Event("connect", rc.value, str(rc)))
+    def _on_connect(self, _c: Any, _u: Any, _f: Any, rc: ReasonCode, props: Any) -> None:
+        limit = getattr(props, "MaximumPacketSize", None)
+        receive_max = getattr(props, "ReceiveMaximum", None)
+        self._events.append(_Event("connect", rc.value, str(rc), 0, limit, receive_max))
 
     def _on_disconnect(self, _c: Any, _u: Any, _f: Any, rc: ReasonCode, _p: Any) -> None:
         self._events.append(_Event("disconnect", rc.value, str(rc)))
@@ -168,8 +125,11 @@ class MqttPublisher:
         self._thread.start()
 
     def submit(self, msg: OutMessage) -> None:
-        """Store a message in the outbox for delivery (never blocks on the network)."""
-        self.outbox.put(msg)
+        """Store a message in the outbox for delivery (never blocks on the network).
+
+        A sample larger than the broker accepts is re-encoded smaller here, on the producer's
+        thread; whatever still does not fit is quarantined when its turn comes."""
+        self.outbox.put(self.guard.fit(msg))
         self.counters.inc(f"mqtt.queued.{msg.kind}")
 
     @property
@@ -203,9 +163,9 @@ class MqttPublisher:
             if self._thread.is_alive():
                 log.warning("mqtt thread did not stop in time")
         left = self.undelivered()
-        if left:
+        if left and not self.outbox.mode.startswith("memory"):
             log.warning("%d messages stay in the outbox for the next run", left)
-        self.outbox.close()
+        self.outbox.close()  # says itself what an in-memory outbox loses
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -225,45 +185,75 @@ class MqttPublisher:
         """One iteration: commit, connect if needed, network I/O, events, feeding, housekeeping."""
         self.outbox.flush()
         now = time.monotonic()
+        self.guard.flush_logs(now)
+        if self._connector is not None:
+            self._finish_connect()
+            return
         if not self._socket_open:
             if now < self._next_attempt:
                 self._stop.wait(min(0.1, self._next_attempt - now))
                 return
-            self._connect()
-            if not self._socket_open:
-                return
+            self._start_connect()
+            return
         rc = self.client.loop(timeout=LOOP_TIMEOUT)
         self._drain_events()
         if rc != MQTTErrorCode.MQTT_ERR_SUCCESS and self._socket_open:
             self._lost(f"network loop: {paho.error_string(rc)}")
         self._feed()
+        if self.connected and self._backoff.attempt and now - self._connected_at > STABLE_AFTER:
+            self._backoff.reset()
         if now >= self._next_expire:
             self.outbox.expire()
             self._next_expire = now + EXPIRE_EVERY
 
-    def _connect(self) -> None:
-        props = None
-        if self.cfg.protocol == "5":
-            props = _properties(PacketTypes.CONNECT)
-            props.SessionExpiryInterval = int(self.cfg.session_expiry)
+    def _start_connect(self) -> None:
+        """Connect on a short-lived thread: DNS, TCP and TLS may block for seconds, and this
+        thread must keep committing what producers stage meanwhile."""
         try:
-            self.client.connect(
-                self.cfg.host,
-                self.cfg.port,
-                keepalive=self.cfg.keepalive,
-                clean_start=True if self.cfg.protocol == "5" else 3,
-                properties=props,
-            )
-        except ssl.SSLCertVerificationError as exc:
+            client = self._new_client()  # a clean slate: nothing of the last connection
+        except (ConfigError, OSError, ssl.SSLError) as exc:  # e.g. a CA file rotated away
+            self._failed(f"cannot prepare the connection: {exc}")
+            return
+        self.client = client
+        result: list[BaseException | None] = []
+
+        def attempt() -> None:
+            try:
+                client.connect(
+                    self.cfg.host,
+                    self.cfg.port,
+                    keepalive=self.cfg.keepalive,
+                    clean_start=True if self.cfg.protocol == "5" else 3,
+                    properties=connect_properties(self.cfg),
+                )
+                result.append(None)
+            except Exception as exc:
+                result.append(exc)
+
+        thread = threading.Thread(target=attempt, name="mqtt-connect", daemon=True)
+        self._connector = (thread, result)
+        thread.start()
+
+    def _finish_connect(self) -> None:
+        """Take the connection over from the connect thread once it is done."""
+        if self._connector is None:
+            return
+        thread, result = self._connector
+        thread.join(LOOP_TIMEOUT)
+        if thread.is_alive():
+            return
+        self._connector = None
+        exc = result[0] if result else RuntimeError("connect thread ended without a result")
+        if exc is None:
+            self._socket_open = True
+        elif isinstance(exc, ssl.SSLCertVerificationError):
             self._failed(
                 f"TLS certificate not trusted: {exc.verify_message} (check mqtt.tls.ca_file)"
             )
-        except ssl.SSLError as exc:
+        elif isinstance(exc, ssl.SSLError):
             self._failed(f"TLS handshake failed: {exc.reason or exc}")
-        except (OSError, ValueError) as exc:
-            self._failed(f"cannot connect: {exc}")
         else:
-            self._socket_open = True
+            self._failed(f"cannot connect: {exc}")
 
     def _failed(self, reason: str) -> None:
         self.counters.inc("mqtt.connect_failures")
@@ -281,19 +271,38 @@ class MqttPublisher:
         else:
             log.debug("broker still unreachable: %s; next attempt in %.1fs", reason, delay)
 
-    def _lost(self, reason: str) -> None:
+    def _lost(self, reason: str, code: int = 0) -> None:
         was_connected = self.connected
         self._connected.clear()
         self._socket_open = False
-        self.client.disconnect()  # release the socket; paho keeps in-flight messages
+        self.client.disconnect()  # release the socket
+        self._flush_acks(force=True)
+        had_inflight = bool(self._inflight)
+        self._requeue_inflight(was_connected and code not in TRANSIENT_REFUSALS, code)
         if was_connected:
+            lasted = time.monotonic() - self._connected_at
+            self.guard.connection_lost(code, lasted, had_inflight)
+            delay = self._backoff.next_delay()
+            self._next_attempt = time.monotonic() + delay
             log.warning(
-                "connection to broker lost (%s); %d undelivered", reason, self.undelivered()
+                "connection to broker lost (%s); %d undelivered; reconnecting in %.1fs",
+                reason,
+                self.undelivered(),
+                delay,
             )
-        if was_connected:
-            self._next_attempt = time.monotonic() + self._backoff.next_delay()
         else:
             self._failed(reason)
+
+    def _requeue_inflight(self, suspect: bool, code: int) -> None:
+        """What was in flight goes back to the outbox's queue; a message that keeps taking the
+        connection down with it is quarantined."""
+        if not self._inflight:
+            return
+        lowest = min(self._inflight.values(), key=lambda item: item.seq)
+        self._cursor = lowest.seq - 1
+        self._inflight.clear()
+        if suspect and self._acks_this_connection == 0:
+            self.guard.strike(lowest, code)
 
     def _drain_events(self) -> None:
         events = self._events
@@ -304,16 +313,17 @@ class MqttPublisher:
             elif event.kind == "connect":
                 self._on_connected(event)
             elif self._socket_open:
-                self._lost(self._disconnect_reason(event))
-        self._remove_acked()
+                self._lost(self._disconnect_reason(event), event.code)
+        self._flush_acks()
 
-    def _remove_acked(self) -> None:
+    def _flush_acks(self, force: bool = False) -> None:
         """Delete acknowledged messages in batches (a crash in between only re-sends them)."""
         if not self._acked:
             return
         now = time.monotonic()
         if (
-            len(self._acked) >= ACK_BATCH
+            force
+            or len(self._acked) >= ACK_BATCH
             or not self._inflight
             or now - self._last_ack_flush >= ACK_DELAY
         ):
@@ -330,16 +340,22 @@ class MqttPublisher:
         return f"the broker closed the connection before accepting it{hint}"
 
     def _ack(self, event: _Event) -> None:
-        item = self._inflight.pop(event.mid, None)
+        item = self._inflight.get(event.mid)
         if item is None:
             return
-        if event.code >= 0x80:  # MQTT 5 PUBACK with an error: the broker refused this message
-            self.counters.inc(f"mqtt.rejected.{item.msg.kind}")
-            log.error("broker rejected %s on %s: %s", item.msg.id, item.msg.topic, event.reason)
-        else:
-            self.counters.inc(f"mqtt.delivered.{item.msg.kind}")
-            log.debug("acknowledged %s", item.msg.id)
-        self._acked.append(item.seq)
+        if event.code in TRANSIENT_REFUSALS:
+            # The broker is out of room: start over from this message, in order, after a pause.
+            self._lost(f"the broker refused a message for now ({event.reason})", event.code)
+            return
+        del self._inflight[event.mid]
+        self._acks_this_connection += 1
+        self.guard.cleared(item)
+        if event.code >= 0x80:  # MQTT 5 PUBACK/PUBREC/PUBCOMP with an error: refused
+            self.guard.refused(item, event.reason)
+            return
+        self.counters.inc(f"mqtt.delivered.{item.msg.kind}")
+        log.debug("acknowledged %s", item.msg.id)
+        self._acked.append(item)
 
     def _on_connected(self, event: _Event) -> None:
         if event.code != 0:
@@ -347,42 +363,51 @@ class MqttPublisher:
             self._lost(f"broker refused the connection: {event.reason}")
             return
         self._last_error = ""
-        self._backoff.reset()
         self._connected.set()
+        self._connected_at = time.monotonic()
+        self._acks_this_connection = 0
+        self.guard.set_broker_limit(event.limit)
+        self._receive_max = event.receive_max
         self.counters.inc("mqtt.connects")
         log.info("connected to broker %s:%d", self.cfg.host, self.cfg.port)
         self.client.publish(self.topics.status, b"online", qos=1, retain=True)
 
-    def _properties(self) -> Properties | None:
-        if self.cfg.protocol != "5" or self.cfg.message_expiry is None:
-            return None
-        props = _properties(PacketTypes.PUBLISH)
-        props.MessageExpiryInterval = int(self.cfg.message_expiry)
-        return props
+    def _properties(self) -> Any:
+        return publish_properties(self.cfg)
 
     def _feed(self) -> None:
         """Hand outbox messages to paho while connected, up to the in-flight window."""
-        # Only a window's worth goes to paho: its own queue is scanned on every PUBACK.
-        room = self.cfg.max_inflight - len(self._inflight)
+        # Only a window's worth goes to paho: its own queue is scanned on every PUBACK. While a
+        # message is suspected of taking the connection down, it travels alone.
+        window = 1 if self.guard.probing else self.cfg.max_inflight
+        if self._receive_max:  # the broker's own limit, one slot kept for the status message
+            window = max(1, min(window, self._receive_max - 1))
+        room = window - len(self._inflight)
         if not self.connected or room <= 0:
             return
-        for item in self.outbox.fetch(self._cursor, room):
+        props = publish_properties(self.cfg)
+        items = self.outbox.fetch(self._cursor, room)
+        if self.guard.probing and not self._inflight:
+            # The suspect may have left the outbox another way (expired, evicted, salvaged).
+            self.guard.check_suspect(items[0].seq if items else None)
+        for item in items:
+            payload = self.guard.sendable(item)
+            if payload is None:  # quarantined: too large for this broker
+                self._cursor = item.seq
+                continue
             msg = item.msg
             info = self.client.publish(
-                msg.topic,
-                msg.payload,
-                qos=msg.qos,
-                retain=msg.retain,
-                properties=self._properties(),
+                msg.topic, payload, qos=msg.qos, retain=msg.retain, properties=props
             )
             if info.rc == MQTTErrorCode.MQTT_ERR_QUEUE_SIZE:
                 return
             self._cursor = item.seq
             if msg.qos == 0:
                 self.counters.inc(f"mqtt.delivered.{msg.kind}")
-                self._acked.append(item.seq)
+                self._acked.append(item)
             else:
                 self._inflight[info.mid] = item
+                self.guard.sent(item)
             log.debug("sent %s (seq %d, mid %d)", msg.id, item.seq, info.mid)
 
     def _goodbye(self) -> None:
@@ -399,3 +424,5 @@ class MqttPublisher:
         self._socket_open = False  # our own disconnect: nothing to report
         self._connected.clear()
         self._drain_events()
+        self._flush_acks(force=True)
+        self.guard.flush_logs(float("inf"))

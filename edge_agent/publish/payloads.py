@@ -58,6 +58,10 @@ class Topics:
         """Low-confidence samples of one camera."""
         return f"{self.base}/{camera}/samples"
 
+    def camera_state(self, camera: str) -> str:
+        """Retained state of one camera (starting, running, retrying, stopped, failed)."""
+        return f"{self.base}/{camera}/state"
+
 
 def new_id() -> str:
     """A unique message id (consumers de-duplicate re-sends by it)."""
@@ -139,9 +143,14 @@ def sample_message(
 
 
 def stats_message(
-    topics: Topics, device_id: str, ts: float, counters: dict[str, Any]
+    topics: Topics,
+    device_id: str,
+    ts: float,
+    counters: dict[str, Any],
+    extra: dict[str, Any] | None = None,
 ) -> OutMessage:
-    """The `stats` message: counters since start (every drop is counted here)."""
+    """The `stats` message: counters since start (every drop is counted here), plus `extra`
+    sections (camera states, outbox)."""
     msg_id = new_id()
     body = {
         "v": PAYLOAD_VERSION,
@@ -149,5 +158,46 @@ def stats_message(
         "device_id": device_id,
         "ts": round(ts, 3),
         "counters": counters,
+        **(extra or {}),
     }
     return OutMessage(msg_id, topics.stats, _encode(body), "stats", 1)
+
+
+def camera_state_message(
+    topics: Topics, device_id: str, camera: str, state: dict[str, Any]
+) -> OutMessage:
+    """The retained `<camera>/state` message."""
+    msg_id = new_id()
+    body = {"v": PAYLOAD_VERSION, "id": msg_id, "device_id": device_id, "camera": camera, **state}
+    return OutMessage(msg_id, topics.camera_state(camera), _encode(body), "state", 1, True)
+
+
+# Re-encoding steps for a sample over the broker's size limit: lower quality first (cheap,
+# keeps the resolution labelers need), then smaller sizes.
+_SHRINK_QUALITIES = (70, 55, 40)
+_SHRINK_SCALE = 0.7
+_SHRINK_MIN_SIDE = 96
+
+
+def shrink_sample(msg: OutMessage, max_payload: int) -> OutMessage | None:
+    """The same sample (same id) re-encoded to fit in max_payload bytes, or None if it cannot."""
+    try:
+        body = json.loads(msg.payload)
+        image = body["image"]
+        data = base64.b64decode(image["data"])
+        decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    except (ValueError, KeyError, TypeError):
+        return None
+    if decoded is None:
+        return None
+    pixels = np.asarray(decoded, np.uint8)
+    side = max(pixels.shape[:2])
+    while side >= _SHRINK_MIN_SIDE:
+        for quality in _SHRINK_QUALITIES:
+            jpg, width, height = jpeg(pixels, side, quality)
+            image.update(width=width, height=height, data=base64.b64encode(jpg).decode("ascii"))
+            payload = _encode(body)
+            if len(payload) <= max_payload:
+                return OutMessage(msg.id, msg.topic, payload, msg.kind, msg.qos, msg.retain)
+        side = int(side * _SHRINK_SCALE)
+    return None

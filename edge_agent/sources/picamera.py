@@ -7,8 +7,11 @@ import logging
 import time
 from typing import Any
 
+import numpy as np
+
 from edge_agent.config.schema import Picamera2Source
-from edge_agent.errors import SourceError
+from edge_agent.errors import CameraUnavailable, SourceError
+from edge_agent.health import Counters
 from edge_agent.types import Frame
 
 log = logging.getLogger(__name__)
@@ -19,14 +22,21 @@ class PiCameraSource:
 
     live = True
 
-    def __init__(self, camera: str, cfg: Picamera2Source, start_ts: float) -> None:
+    def __init__(
+        self,
+        camera: str,
+        cfg: Picamera2Source,
+        start_ts: float,
+        counters: Counters | None = None,
+    ) -> None:
         self.camera = camera
         self.cfg = cfg
         self._cam: Any = None
         self._index = 0
 
     def open(self) -> None:
-        """Import picamera2, configure a video stream and start it."""
+        """Import picamera2, configure a video stream and start it. A missing picamera2 is
+        the user's to fix; a camera that is busy or not detected may come back."""
         try:
             module = importlib.import_module("picamera2")
         except ImportError:
@@ -34,6 +44,7 @@ class PiCameraSource:
                 "picamera2 is not installed: on Raspberry Pi OS run "
                 "'sudo apt install python3-picamera2' or pip install 'edge-agent[pi]'"
             ) from None
+        cam = None
         try:
             cam = module.Picamera2(self.cfg.camera_num)
             # picamera2's "RGB888" is stored B,G,R per pixel: already OpenCV's order.
@@ -45,7 +56,11 @@ class PiCameraSource:
             cam.configure(cam.create_video_configuration(main=main, controls=controls))
             cam.start()
         except (RuntimeError, IndexError, OSError) as exc:
-            raise SourceError(f"cannot start Pi camera {self.cfg.camera_num}: {exc}") from None
+            self._release(cam)
+            raise CameraUnavailable(
+                f"cannot start Pi camera {self.cfg.camera_num}: {exc} (is it connected, and "
+                "not used by another program?)"
+            ) from None
         self._cam = cam
         log.info(
             "camera %s: Pi camera %d at %dx%d",
@@ -56,10 +71,21 @@ class PiCameraSource:
         )
 
     def read(self) -> Frame | None:
-        """Block for the next frame from the main stream."""
+        """The next frame from the main stream, waiting at most `frame_timeout`."""
         if self._cam is None:
-            return None
-        image = self._cam.capture_array("main")
+            raise CameraUnavailable("Pi camera is not open")
+        try:
+            # wait=False returns a job, so the wait below can time out instead of blocking.
+            job = self._cam.capture_array("main", wait=False)
+            image = (
+                job if isinstance(job, np.ndarray) else self._cam.wait(job, self.cfg.frame_timeout)
+            )
+        except TimeoutError:
+            raise CameraUnavailable(
+                f"Pi camera {self.cfg.camera_num}: no frame for {self.cfg.frame_timeout:g} s"
+            ) from None
+        except (RuntimeError, OSError) as exc:
+            raise CameraUnavailable(f"Pi camera {self.cfg.camera_num}: {exc}") from None
         if image.ndim == 3 and image.shape[2] == 4:
             image = image[:, :, :3]
         frame = Frame(self.camera, self._index, time.time(), image)
@@ -68,9 +94,14 @@ class PiCameraSource:
 
     def close(self) -> None:
         """Stop and release the camera."""
-        if self._cam is not None:
-            try:
-                self._cam.stop()
-                self._cam.close()
-            finally:
-                self._cam = None
+        cam, self._cam = self._cam, None
+        self._release(cam)
+
+    def _release(self, cam: Any) -> None:
+        if cam is None:
+            return
+        try:
+            cam.stop()
+            cam.close()
+        except (RuntimeError, OSError) as exc:
+            log.warning("camera %s: releasing the Pi camera failed: %s", self.camera, exc)
