@@ -1,0 +1,1 @@
+"""Per-camera frame stages that run before the detector (motion gating, ...)."""

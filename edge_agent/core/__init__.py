@@ -1,0 +1,1 @@
+"""Core values shared by every stage: detections as arrays, geometry."""

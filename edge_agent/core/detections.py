@@ -1,0 +1,136 @@
+"""`Detections`: every box of one frame as a struct of arrays, from the decoder to the payload.
+
+Per-frame cost grows with numpy operations, not with Python loops over boxes. Boxes are xyxy
+normalized 0..1 of the frame; selection by a boolean mask or an index array returns a new value
+that shares nothing mutable with the old one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+
+FloatArray = npt.NDArray[np.float32]
+IntArray = npt.NDArray[np.int64]
+Selector = npt.NDArray[np.bool_] | npt.NDArray[np.integer] | slice
+
+NO_TRACK = -1  # tracker_id of a box no track owns
+Anchor = Literal["bottom_center", "center", "top_center", "top_left", "bottom_left"]
+
+
+def _empty_float(*shape: int) -> FloatArray:
+    return np.zeros(shape, np.float32)
+
+
+@dataclass(frozen=True, eq=False)
+class Detections:
+    """The boxes of one frame.
+
+    xyxy: (N,4) float32, normalized 0..1 of the frame; score: (N,) float32 0..1;
+    class_id: (N,) int64, index into the model's labels; tracker_id: (N,) int64, NO_TRACK when
+    untracked; keypoints: (N,K,2) float32 normalized xy, or None; data: extra per-box arrays
+    (each with N rows), e.g. a classifier's `sub_label_id` and `sub_score`.
+    """
+
+    xyxy: FloatArray = field(default_factory=lambda: _empty_float(0, 4))
+    score: FloatArray = field(default_factory=lambda: _empty_float(0))
+    class_id: IntArray = field(default_factory=lambda: np.zeros(0, np.int64))
+    tracker_id: IntArray | None = None
+    keypoints: FloatArray | None = None
+    data: Mapping[str, npt.NDArray[np.generic]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        n = len(self.score)
+        checks = [self.xyxy.shape == (n, 4), self.class_id.shape == (n,)]
+        if self.tracker_id is not None:
+            checks.append(self.tracker_id.shape == (n,))
+        if self.keypoints is not None:
+            checks.append(self.keypoints.ndim == 3 and len(self.keypoints) == n)
+        checks += [len(v) == n for v in self.data.values()]
+        if not all(checks):
+            raise ValueError(f"Detections arrays disagree on the number of boxes ({n})")
+
+    def __len__(self) -> int:
+        return len(self.score)
+
+    def __getitem__(self, index: Selector) -> Detections:
+        """The boxes selected by a boolean mask, an index array or a slice."""
+        return Detections(
+            self.xyxy[index],
+            self.score[index],
+            self.class_id[index],
+            None if self.tracker_id is None else self.tracker_id[index],
+            None if self.keypoints is None else self.keypoints[index],
+            {k: v[index] for k, v in self.data.items()},
+        )
+
+    @property
+    def tracked(self) -> IntArray:
+        """tracker_id, or NO_TRACK for every box when nothing tracked them."""
+        if self.tracker_id is None:
+            return np.full(len(self), NO_TRACK, np.int64)
+        return self.tracker_id
+
+    def with_tracker_id(self, tracker_id: IntArray) -> Detections:
+        """The same boxes owned by these tracks."""
+        return Detections(
+            self.xyxy, self.score, self.class_id, tracker_id, self.keypoints, self.data
+        )
+
+    def with_data(self, **arrays: npt.NDArray[np.generic]) -> Detections:
+        """The same boxes with more per-box arrays."""
+        return Detections(
+            self.xyxy,
+            self.score,
+            self.class_id,
+            self.tracker_id,
+            self.keypoints,
+            {**self.data, **arrays},
+        )
+
+    def area(self) -> FloatArray:
+        """Box areas as a fraction of the frame."""
+        wh = np.clip(self.xyxy[:, 2:] - self.xyxy[:, :2], 0, None)
+        areas: FloatArray = (wh[:, 0] * wh[:, 1]).astype(np.float32)
+        return areas
+
+    def anchors(self, anchor: Anchor = "bottom_center") -> FloatArray:
+        """(N,2) points of the boxes: where a box "is" for zones and lines."""
+        x1, y1, x2, y2 = self.xyxy.T
+        xs = {"top_left": x1, "bottom_left": x1}.get(anchor, (x1 + x2) / 2)
+        ys = {"center": (y1 + y2) / 2, "top_center": y1, "top_left": y1}.get(anchor, y2)
+        points: FloatArray = np.stack([xs, ys], axis=1).astype(np.float32)
+        return points
+
+    @staticmethod
+    def concat(parts: list[Detections]) -> Detections:
+        """All boxes of several values, in order (optional arrays only when all have them)."""
+        parts = [p for p in parts if len(p)]
+        if not parts:
+            return Detections()
+        tids = [p.tracker_id for p in parts]
+        kps = [p.keypoints for p in parts]
+        keys = set.intersection(*(set(p.data) for p in parts))
+        return Detections(
+            np.concatenate([p.xyxy for p in parts]),
+            np.concatenate([p.score for p in parts]),
+            np.concatenate([p.class_id for p in parts]),
+            None if any(t is None for t in tids) else np.concatenate(tids),  # type: ignore[arg-type]
+            None if any(k is None for k in kps) else np.concatenate(kps),  # type: ignore[arg-type]
+            {k: np.concatenate([p.data[k] for p in parts]) for k in keys},
+        )
+
+
+def box_iou(a: FloatArray, b: FloatArray) -> FloatArray:
+    """(N,M) IoU of xyxy boxes a (N,4) against b (M,4)."""
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.prod(np.clip(rb - lt, 0, None), axis=2)
+    area_a = np.prod(np.clip(a[:, 2:] - a[:, :2], 0, None), axis=1)
+    area_b = np.prod(np.clip(b[:, 2:] - b[:, :2], 0, None), axis=1)
+    union = area_a[:, None] + area_b[None, :] - inter
+    return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0).astype(np.float32)
