@@ -8,7 +8,8 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
@@ -33,6 +34,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--config", "-c", required=True, help="YAML config file")
     run.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     run.add_argument("--log-format", choices=["auto", "text", "json"])
+    run.add_argument(
+        "--annotate",
+        metavar="OUT.mp4",
+        help="write replay cameras' frames with boxes, track ids, zones and lines to a video",
+    )
     check = sub.add_parser("check-config", help="validate a config file and exit")
     check.add_argument("config", help="YAML config file")
     from edge_agent.watch import add_watch_arguments
@@ -115,10 +121,22 @@ def _run(args: argparse.Namespace, redactor: Redactor, early: list[int]) -> int:
         redactor,
     )
     _register_secrets(redactor, loaded)
-    agent = Agent(loaded)
+    _legacy_notes(loaded, log.warning)
+    agent = Agent(loaded, Path(args.annotate) if args.annotate else None)
     _install_signals(agent, early)
     agent.prepare()
     return agent.run()
+
+
+def _legacy_notes(loaded: LoadedConfig, say: Callable[[str], object]) -> None:
+    """How to rewrite sections kept from earlier releases (they still work as before)."""
+    from edge_agent.camera.objects import objects_yaml
+
+    for name, cam in loaded.config.cameras.items():
+        if cam.detect is not None:
+            where = loaded.where("cameras", name, "detect")
+            rewrite = objects_yaml(cam.detect.to_objects()).replace("\n", "\n    ")
+            say(f"{where}: `detect:` is the earlier form of `objects:`; equivalent:\n    {rewrite}")
 
 
 def _check(args: argparse.Namespace) -> int:
@@ -129,6 +147,7 @@ def _check(args: argparse.Namespace) -> int:
         f"{loaded.file}: OK: device {cfg.device_id}, model {cfg.model.path.name} "
         f"({cfg.model.format}), cameras: {cams}"
     )
+    _legacy_notes(loaded, print)
     return 0
 
 

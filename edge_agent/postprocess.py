@@ -1,4 +1,4 @@
-"""Post-processing shared by decoders and cameras: NMS and the per-camera filters."""
+"""Post-processing shared by the decoders: the decoded arrays and NMS."""
 
 from __future__ import annotations
 
@@ -6,9 +6,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
-
-from edge_agent.config.schema import DetectConfig
-from edge_agent.types import Detection
 
 FloatArray = npt.NDArray[np.float32]
 IntArray = npt.NDArray[np.int64]
@@ -93,22 +90,3 @@ def _nms_matrix(boxes: FloatArray, iou_threshold: float, max_out: int) -> list[i
             break
         suppressed |= overlap[i]
     return keep
-
-
-def score_floor(detect: DetectConfig) -> float:
-    """The lowest score this camera's filters can accept."""
-    return min([detect.min_score, *(rule.min_score for rule in detect.per_label.values())])
-
-
-def camera_filter(raw: tuple[Detection, ...], detect: DetectConfig) -> tuple[Detection, ...]:
-    """Apply a camera's label allow-list and per-label thresholds."""
-    allowed = set(detect.labels) if detect.labels is not None else None
-    out = []
-    for det in raw:
-        if allowed is not None and det.label not in allowed:
-            continue
-        rule = detect.per_label.get(det.label)
-        threshold = rule.min_score if rule is not None else detect.min_score
-        if det.score >= threshold:
-            out.append(det)
-    return tuple(out)

@@ -1,9 +1,10 @@
 """The agent: wires sources, the detector and the publisher into threads, supervises the cameras
 and stops everything cleanly.
 
-Threads: one capture thread per camera (edge_agent.supervisor) -> per-camera FrameSlot -> one
-inference thread (the interpreter is not thread-safe) -> MqttPublisher's sender thread. One stop
-Event ends them all; signal handlers only set events, the main loop does the work.
+Threads: capture per camera (edge_agent.supervisor, motion gate included) -> FrameSlot ->
+detect workers -> per-camera steps -> MqttPublisher's sender (edge_agent.assemble builds the
+middle). One stop Event ends them all; signal handlers only set events, the main loop does
+the work.
 """
 
 from __future__ import annotations
@@ -14,29 +15,30 @@ import os
 import threading
 import time
 from functools import partial
+from pathlib import Path
 
+from edge_agent.assemble import Threads
+from edge_agent.camera.objects import ANY
+from edge_agent.camera.pipeline import CameraEnv, detector_floor
+from edge_agent.camera.worker import FrameWriter
 from edge_agent.config.loader import LoadedConfig, load_config
 from edge_agent.config.schema import CameraConfig
 from edge_agent.detect.classifier import Classifier
 from edge_agent.detect.detector import Detector
 from edge_agent.errors import ConfigError, SourceError, UserError
 from edge_agent.health import Counters
-from edge_agent.pipeline import END, CameraStage, FrameSlot, PublishContext
-from edge_agent.postprocess import score_floor
 from edge_agent.publish.mqtt import MqttPublisher
 from edge_agent.publish.outbox import Outbox
 from edge_agent.publish.outbox_open import OutboxError, open_outbox
 from edge_agent.publish.payloads import camera_state_message, stats_message
 from edge_agent.sources import FrameSource, create_source
 from edge_agent.supervisor import CameraRunner, CameraStatus
-from edge_agent.types import Frame
 
 log = logging.getLogger(__name__)
 
 JOIN_TIMEOUT = 5.0
 CAPTURE_STOP_TIMEOUT = 2.0  # a capture blocked in I/O delays shutdown by no more than this
 PROGRESS_INTERVAL = 10.0  # seconds between progress log lines
-FRAME_ERROR_LOG_INTERVAL = 60.0  # seconds between tracebacks of failing frames, per camera
 FINAL_STATS_WAIT = 5.0  # seconds the final stats message may add to a stop
 REPLAY_TYPES = ("video", "images")  # opened at start: a missing file is the user's to fix
 
@@ -44,58 +46,75 @@ REPLAY_TYPES = ("video", "images")  # opened at start: a missing file is the use
 class Agent:
     """One configured agent. `prepare()` validates everything touching disk; `run()` runs."""
 
-    def __init__(self, loaded: LoadedConfig) -> None:
+    def __init__(self, loaded: LoadedConfig, annotate: Path | None = None) -> None:
         self.loaded = loaded
+        self.annotate = annotate
         self.cfg = loaded.config
         self.stop = threading.Event()  # everything stops (a signal, or the pipeline is done)
         self.signalled = threading.Event()  # SIGTERM/SIGINT: bounded waits from here on
         self.reload = threading.Event()  # SIGHUP
         self.counters = Counters()
-        self._wake = threading.Event()
-        self._pipeline_done = threading.Event()
-        self._captures_done = threading.Event()  # no capture thread will put frames any more
         self._internal_failure = ""
-        self._next_frame_error_log: dict[str, float] = {}
         self.detector: Detector | None = None
+        self.threads: Threads | None = None
         self.start_ts = time.time()
         self.sources: dict[str, FrameSource] = {}
         self.runners: dict[str, CameraRunner] = {}
-        self.slots: dict[str, FrameSlot] = {}
-        self.stages: dict[str, CameraStage] = {}
         self.publisher: MqttPublisher | None = None
         self.outbox: Outbox | None = None
-        self._inference: threading.Thread | None = None
 
     def prepare(self) -> None:
         """Load the model, check labels, open replay sources and the outbox; errors are
         located UserErrors. Live cameras are opened by their supervisor (and retried)."""
         cfg = self.cfg
-        floor = min(
-            min(score_floor(c.detect), c.samples.min_score if c.samples.enabled else 1.0)
-            for c in cfg.cameras.values()
-        )
-        try:
-            self.detector = Detector(cfg.model, floor)
-        except UserError as exc:
-            raise type(exc)(exc.message, where=self._where_model(exc)) from None
-        self._check_labels(self.detector.labels)
+        detectors = [self._detector() for _ in range(cfg.runtime.detect_workers)]
+        self.detector = detectors[0]
+        labels = self.detector.labels
+        self._check_labels(labels)
+        floor = min(detector_floor(c, labels) for c in cfg.cameras.values())
+        for detector in detectors:
+            detector.min_score = floor
+        classifiers = {name: self._classifier(name, cam) for name, cam in cfg.cameras.items()}
         for name, cam in cfg.cameras.items():
             self.sources[name] = self._source(name, cam)
         self.outbox = self._outbox()
         self.publisher = MqttPublisher(cfg.mqtt, cfg.device_id, self.counters, self.outbox)
-        ctx = PublishContext(
-            self.publisher.topics,
+        env = CameraEnv(
             cfg.device_id,
             cfg.model.path.name,
+            labels,
+            self.publisher.topics,
             cfg.mqtt.qos,
-            self.publisher.submit,
             self.counters,
         )
-        for name, cam in cfg.cameras.items():
-            self.slots[name] = FrameSlot(
-                name, self.sources[name].live, cfg.runtime.queue_size, self.counters, self._wake
-            )
-            self.stages[name] = CameraStage(name, cam, ctx, self._classifier(name, cam))
+        self.threads = Threads(
+            cfg, env, detectors, classifiers, self.publisher.submit, self._writers()
+        )
+
+    def _detector(self) -> Detector:
+        try:
+            return Detector(self.cfg.model, 1.0)  # the floor is set once the labels are known
+        except UserError as exc:
+            raise type(exc)(exc.message, where=self._where_model(exc)) from None
+
+    def _writers(self) -> dict[str, FrameWriter]:
+        """Annotated videos (`--annotate`), one per replay camera."""
+        if self.annotate is None:
+            return {}
+        from edge_agent.tools.annotate import Annotator
+
+        replays = [n for n, c in self.cfg.cameras.items() if not c.live]
+        out: dict[str, FrameWriter] = {}
+        for name in replays:
+            cam, source = self.cfg.cameras[name], self.sources[name]
+            path = self.annotate
+            if len(replays) > 1:
+                path = path.with_name(f"{path.stem}-{name}{path.suffix}")
+            fps = float(getattr(source, "fps", None) or 10.0)
+            labels = self.detector.labels if self.detector is not None else []
+            total = getattr(source, "total", None)
+            out[name] = Annotator(path, fps, labels, cam.zones, cam.lines, total)
+        return out
 
     def _source(self, name: str, cam: CameraConfig) -> FrameSource:
         source = create_source(name, cam, self.start_ts, self.counters)
@@ -140,10 +159,16 @@ class Agent:
     def _check_labels(self, known: list[str]) -> None:
         for name, cam in self.cfg.cameras.items():
             # (key path under the camera, label) for every label the config names
-            named: list[tuple[tuple[str | int, ...], str]] = [
-                (("detect", "labels", i), lab) for i, lab in enumerate(cam.detect.labels or [])
-            ]
-            named += [(("detect", "per_label", lab), lab) for lab in cam.detect.per_label]
+            named: list[tuple[tuple[str | int, ...], str]] = []
+            if cam.detect is not None:
+                labels = enumerate(cam.detect.labels or [])
+                named += [(("detect", "labels", i), lab) for i, lab in labels]
+                named += [(("detect", "per_label", lab), lab) for lab in cam.detect.per_label]
+            named += [(("objects", lab), lab) for lab in cam.objects if lab != ANY]
+            for section, items in (("zones", cam.zones), ("lines", cam.lines)):
+                for item_name, item in items.items():
+                    labels = enumerate(item.labels or [])
+                    named += [((section, item_name, "labels", i), lab) for i, lab in labels]
             if cam.classify is not None:
                 named += [
                     (("classify", "on_labels", i), lab)
@@ -168,7 +193,8 @@ class Agent:
         self._start_threads()
         next_stats = time.monotonic() + self.cfg.runtime.stats_interval
         next_progress = time.monotonic() + PROGRESS_INTERVAL
-        while not self.stop.is_set() and not self._pipeline_done.is_set():
+        done = self._threads().done
+        while not self.stop.is_set() and not done.is_set():
             self.stop.wait(0.2)
             now = time.monotonic()
             for runner in self.runners.values():
@@ -185,6 +211,8 @@ class Agent:
         return self._exit_code()
 
     def _exit_code(self) -> int:
+        if self.threads is not None and self.threads.failure:
+            self._internal_failure = self.threads.failure
         if self._internal_failure:
             log.error("exiting with an internal failure: %s", self._internal_failure)
             return 1
@@ -198,27 +226,26 @@ class Agent:
         return 0
 
     def _start_threads(self) -> None:
+        threads, pub = self._threads(), self._pub()
         retry_max = self.cfg.runtime.retry_max_delay
+        forward = self.annotate is not None
         for name in self.sources:
             cam = self.cfg.cameras[name]
-            live = cam.source.type not in REPLAY_TYPES
             first = getattr(cam.source, "reconnect_delay", 1.0)
             self.runners[name] = CameraRunner(
                 name,
                 partial(create_source, name, cam, self.start_ts, self.counters),
-                self.slots[name],
+                threads.sink(name, self.sources[name], pub.submit, forward and not cam.live),
                 self.counters,
                 self.stop,
                 self._on_camera_state,
                 (first, max(first, retry_max)),
-                getattr(cam.source, "frame_timeout", None) if live else None,
+                getattr(cam.source, "frame_timeout", None) if cam.live else None,
             )
+        threads.start()
         # Every runner exists before any capture thread reports a state.
         for name, runner in self.runners.items():
-            live = self.cfg.cameras[name].source.type not in REPLAY_TYPES
-            runner.start(self.sources[name], opened=not live)
-        self._inference = threading.Thread(target=self._infer, name="inference", daemon=True)
-        self._inference.start()
+            runner.start(self.sources[name], opened=not self.cfg.cameras[name].live)
 
     def _on_camera_state(self, name: str, status: CameraStatus) -> None:
         """Log and publish (retained) a camera's state change."""
@@ -233,62 +260,13 @@ class Agent:
         )
         pub = self._pub()
         pub.submit(camera_state_message(pub.topics, self.cfg.device_id, name, status.to_json()))
-        if self.runners and all(r.finished for r in self.runners.values()):
-            self._wake.set()
+        if self.threads is not None and all(r.finished for r in self.runners.values()):
+            self.threads.wake.set()
 
-    def _infer(self) -> None:
-        try:
-            self._infer_loop()
-        except Exception as exc:
-            # The detector thread is the pipeline: without it nothing is processed. Exit
-            # non-zero so systemd restarts the agent.
-            log.exception("inference thread failed")
-            self._internal_failure = f"inference thread failed: {exc}"
-            self.stop.set()
-        self._pipeline_done.set()
-
-    def _infer_loop(self) -> None:
-        active = set(self.slots)
-        while active:
-            got = False
-            for name in sorted(active):
-                has, item = self.slots[name].get()
-                if not has:
-                    continue
-                got = True
-                if item is END:
-                    active.discard(name)
-                else:
-                    self._process(name, item)
-            if not got:
-                if self._captures_done.is_set():
-                    break  # every captured frame is processed; blocked captures are abandoned
-                self._wake.wait(0.1)
-                self._wake.clear()
-        log.info("all cameras finished")
-
-    def _process(self, name: str, frame: Frame) -> None:
-        if self.detector is None:
+    def _threads(self) -> Threads:
+        if self.threads is None:
             raise RuntimeError("prepare() was not called")
-        try:
-            raw, ms = self.detector.detect(frame.image)
-            self.stages[name].handle(frame, raw, ms)
-            self.counters.inc(f"frames.processed.{name}")
-        except Exception:
-            # One bad frame must not stop the camera or lose what was already captured; a
-            # camera that fails every frame logs once a minute, not at its frame rate.
-            self.counters.inc(f"frames.errors.{name}")
-            now = time.monotonic()
-            if now >= self._next_frame_error_log.get(name, 0.0):
-                self._next_frame_error_log[name] = now + FRAME_ERROR_LOG_INTERVAL
-                failed = self.counters.get(f"frames.errors.{name}")
-                log.exception(
-                    "camera %s: frame %d failed (%d frames failed so far, frames.errors.%s)",
-                    name,
-                    frame.index,
-                    failed,
-                    name,
-                )
+        return self.threads
 
     def _reload(self) -> None:
         """SIGHUP: re-read the config; the running config stays until a restart applies it."""
@@ -335,7 +313,8 @@ class Agent:
                 "bytes": self.outbox.bytes,
                 "dead_letters": self.outbox.dead_letter_count(),
             }
-        counters = self.counters.snapshot()
+        extra["threads"] = self._threads().heartbeats.ages()
+        counters = {**self.counters.snapshot(), **self._threads().counters()}
         pub.submit(stats_message(pub.topics, self.cfg.device_id, time.time(), counters, extra))
 
     def _shutdown(self) -> None:
@@ -343,20 +322,17 @@ class Agent:
         signalled = self.signalled.is_set()
         if signalled:
             log.info("stopping: finishing captured frames")
-        self.stop.set()  # capture threads stop; inference drains what was captured
-        self._wake.set()
+        self.stop.set()  # capture threads stop; the workers drain what was captured
+        threads = self._threads()
+        threads.wake.set()
         deadline = time.monotonic() + CAPTURE_STOP_TIMEOUT
         for name, runner in self.runners.items():
             if not runner.join(deadline):
                 log.warning("camera %s: capture blocked in I/O; not waiting for it", name)
-        self._captures_done.set()
-        self._wake.set()
-        if self._inference is not None:
-            # Captured frames are processed before the final messages (a slow model needs time).
-            wait = max(JOIN_TIMEOUT, self.cfg.runtime.shutdown_timeout)
-            self._inference.join(wait)
-            if self._inference.is_alive():
-                log.warning("inference did not stop within %.0fs", wait)
+        # Captured frames are processed before the final messages (a slow model needs time).
+        wait = max(JOIN_TIMEOUT, self.cfg.runtime.shutdown_timeout)
+        if not threads.finish(wait):
+            log.warning("captured frames not processed within %.0fs were abandoned", wait)
         for name, runner in self.runners.items():
             runner.close()
             halted = runner.halt()
@@ -379,7 +355,7 @@ class Agent:
         else:
             pub.wait_delivered(max(min(FINAL_STATS_WAIT, until - time.monotonic()), 0.2))
         pub.close()
-        log.info("stopped; counters %s", self.counters.snapshot())
+        log.info("stopped; counters %s", {**self.counters.snapshot(), **threads.counters()})
 
     def _wait_batch_delivery(self, timeout: float) -> None:
         """Until delivered; once a signal arrives, at most `timeout` more."""

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from collections import deque
 
-from edge_agent.config.schema import DetectConfig, SamplesConfig
-from edge_agent.types import Detection, FrameResult
+import numpy as np
+import numpy.typing as npt
+
+from edge_agent.config.schema import SamplesConfig
+from edge_agent.core.detections import Detections
 
 WINDOW_S = 60.0
 # Replay timestamps are epoch + offset; without slack, an entry exactly 60 s old could survive
@@ -32,27 +35,29 @@ class RateLimit:
 
 
 class LowConfidenceSampler:
-    """Picks frames with a detection scoring in [min_score, max_score) of a wanted label."""
+    """Picks frames with a detection scoring in [min_score, max_score) of a label the camera
+    reports (`allowed`: by class id, the last entry for ids the label list does not name)."""
 
     reason = "low_confidence"
 
-    def __init__(self, cfg: SamplesConfig, detect: DetectConfig) -> None:
+    def __init__(self, cfg: SamplesConfig, allowed: npt.NDArray[np.bool_]) -> None:
         self.cfg = cfg
-        self.wanted = set(detect.labels) if detect.labels is not None else None
+        self.allowed = allowed
         self.limit = RateLimit(cfg.max_per_minute)
 
-    def candidate(self, result: FrameResult) -> bool:
-        """True when the frame holds an uncertain detection of a label the camera reports."""
-        return any(
-            self.cfg.min_score <= d.score < self.cfg.max_score
-            and (self.wanted is None or d.label in self.wanted)
-            for d in result.raw
-        )
+    def _rows(self, class_id: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+        last = len(self.allowed) - 1
+        return np.where((class_id >= 0) & (class_id < last), class_id, last)
 
-    def select(self, result: FrameResult) -> tuple[Detection, ...] | None:
-        """The detections to publish with the sample, or None when the frame is not sampled."""
-        if not self.cfg.enabled or not self.candidate(result):
+    def candidate(self, raw: Detections) -> bool:
+        """True when the frame holds an uncertain detection of a label the camera reports."""
+        band = (raw.score >= self.cfg.min_score) & (raw.score < self.cfg.max_score)
+        return bool((band & self.allowed[self._rows(raw.class_id)]).any())
+
+    def select(self, raw: Detections, ts: float) -> Detections | None:
+        """The boxes to publish with the sample, or None when the frame is not sampled."""
+        if not self.cfg.enabled or not self.candidate(raw):
             return None
-        if not self.limit.allow(result.frame.ts):
+        if not self.limit.allow(ts):
             return None
-        return tuple(d for d in result.raw if d.score >= self.cfg.min_score)
+        return raw[raw.score >= self.cfg.min_score]

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from edge_agent.errors import CameraUnavailable, SourceError
 from edge_agent.health import Counters
-from edge_agent.pipeline import END, FrameSlot
+from edge_agent.pipeline import END, FrameSink
 from edge_agent.publish.client import Backoff
 from edge_agent.sources import FrameSource
 
@@ -53,7 +53,7 @@ class CameraRunner:
         self,
         name: str,
         factory: Callable[[], FrameSource],
-        slot: FrameSlot,
+        slot: FrameSink,
         counters: Counters,
         stop: threading.Event,
         report: Report,

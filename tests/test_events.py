@@ -17,21 +17,23 @@ from pydantic import ValidationError
 from edge_agent.camera.events import EventBuilder, EventsConfig, topic_segment
 from edge_agent.camera.zones import LineConfig, ZoneConfig, ZoneLineState
 from edge_agent.config.schema import ModelConfig
-from edge_agent.core.detections import Detections
+from edge_agent.core.detections import NO_TRACK, Detections
 from edge_agent.detect.detector import Detector
 from edge_agent.publish.payloads import (
     OutMessage,
-    SampleSpec,
+    SampleJob,
     Topics,
+    boxes_json,
     camera_state_message,
     detection_message,
+    header,
     sample_message,
     stats_message,
 )
 from edge_agent.track import Tracker, TrackUpdate
 from edge_agent.track.config import TrackConfig
 from edge_agent.track.tracks import Track, new_track, record_hit
-from edge_agent.types import Detection, Frame, FrameResult
+from edge_agent.types import Frame
 from tests.helpers import MEDIA, ROOT, SSD, SSD_LABELS
 
 SCHEMAS = ROOT / "schemas"
@@ -394,36 +396,42 @@ def test_config_accepts_durations() -> None:
     assert EventsConfig(update_interval="2m").update_interval == 120.0
 
 
-@pytest.mark.parametrize(("label", "segment"), [("car", "car"), ("a/b", "a_b"), ("", "_")])
+@pytest.mark.parametrize(
+    ("label", "segment"),
+    [("car", "car"), ("a/b", "a_b"), ("", "_"), ("cell phone", "cell_phone"), ("a+#b", "a__b")],
+)
 def test_topic_segment(label, segment) -> None:
     assert topic_segment(label) == segment
 
 
-def _result(detections: tuple[Detection, ...]) -> FrameResult:
-    image = np.full((120, 160, 3), 90, np.uint8)
-    return FrameResult(Frame("gate", 7, 1000.25, image), detections, detections, 8.4)
-
-
-DETS = (
-    Detection("car", CAR, 0.87654, (0.1, 0.2, 0.3, 0.4)),
-    Detection("face", 0, 0.5, (0.0, 0.0, 1.0, 1.0), ((0.1, 0.2), (0.3, 0.4)), ("smile", 0.7)),
+FRAME = Frame("gate", 7, 1000.25, np.full((120, 160, 3), 90, np.uint8))
+DETS = Detections(
+    np.array([[0.1, 0.2, 0.3, 0.4], [0.0, 0.0, 1.0, 1.0]], np.float32),
+    np.array([0.87654, 0.5], np.float32),
+    np.array([CAR, 0], np.int64),
+    np.array([3, NO_TRACK], np.int64),
+    np.array([[[0.1, 0.2], [0.3, 0.4]], [[0.5, 0.5], [0.6, 0.6]]], np.float32),
+    {"sub_label_id": np.array([-1, 0]), "sub_score": np.array([0.0, 0.7], np.float32)},
 )
+
+
+def _boxes(dets: Detections = DETS) -> list[dict[str, Any]]:
+    return boxes_json(dets, LABELS, ["smile"])  # class 2 is "car"
+
+
+def _head() -> dict[str, Any]:
+    return header("dev-1", "m.tflite", FRAME, 8.4)
 
 
 @pytest.mark.parametrize(
     ("name", "message"),
     [
-        ("detections", lambda: detection_message(TOPICS, "dev-1", "m.tflite", _result(DETS), 1)),
-        ("detections", lambda: detection_message(TOPICS, "dev-1", "m.tflite", _result(()), 0)),
+        ("detections", lambda: detection_message(TOPICS, _head(), _boxes(), 1)),
+        ("detections", lambda: detection_message(TOPICS, _head(), _boxes(Detections()), 0)),
         (
             "samples",
             lambda: sample_message(
-                TOPICS,
-                "dev-1",
-                "m.tflite",
-                _result(DETS),
-                SampleSpec("low_confidence", DETS, 64, 80),
-                1,
+                TOPICS, SampleJob(_head(), "low_confidence", _boxes(), FRAME.image, 64, 80, 1)
             ),
         ),
         (
@@ -503,7 +511,7 @@ def test_real_video_pipeline_emits_valid_consistent_messages() -> None:
     video = Path(MEDIA) / "video" / "car-detection.mp4"
     detector = Detector(ModelConfig(path=SSD, labels=SSD_LABELS), 0.1)
     labels = list(detector.labels)
-    tracker = Tracker(TrackConfig())
+    tracker = Tracker(TrackConfig(threshold=0.5))  # the SSD scores these overhead cars low
     zones = ZoneLineState(
         {"lot": ZoneConfig(polygon=[[0, 0.5], [1, 0.5], [1, 1], [0, 1]])},
         {"mid": LineConfig(points=((0.0, 0.5), (1.0, 0.5)))},

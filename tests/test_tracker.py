@@ -112,7 +112,9 @@ def test_stationary_has_hysteresis() -> None:
     [
         ([0.45] * 20, 0.5, False),
         ([0.9, 0.3, 0.3, 0.3, 0.9, 0.3] * 3, 0.5, False),  # a few high frames are not enough
-        ([0.4, 0.6, 0.6, 0.6], 0.5, True),
+        ([0.4] + [0.6] * 10, 0.5, True),
+        ([0.9] * 9, 0.5, False),  # a burst shorter than the median window: not yet
+        ([0.9] * 10, 0.5, True),
         ([0.45] * 20, 0.4, True),
     ],
 )

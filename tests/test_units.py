@@ -10,17 +10,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edge_agent.camera.objects import LegacyLabelRule, ObjectFilter
 from edge_agent.config.loader import parse_yaml
-from edge_agent.config.schema import DetectConfig, LabelRule, SamplesConfig
+from edge_agent.config.schema import DetectConfig, ObjectRule, SamplesConfig
+from edge_agent.core.detections import Detections
 from edge_agent.detect import interpreter
 from edge_agent.detect.labels import fit_labels
 from edge_agent.errors import ConfigError, ModelError, RuntimeMissingError
 from edge_agent.health import Counters
 from edge_agent.pipeline import END, FrameSlot
-from edge_agent.postprocess import Decoded, camera_filter, nms
+from edge_agent.postprocess import Decoded, nms
 from edge_agent.preprocess import InputPlan, Transform, prepare
 from edge_agent.sampling import LowConfidenceSampler, RateLimit
-from edge_agent.types import Detection, Frame, FrameResult
+from edge_agent.types import Frame
 
 
 def _decoded(rows: list[tuple[float, float, float, float, float, int]]) -> Decoded:
@@ -88,24 +90,70 @@ def test_rate_limit_zero_allows_nothing() -> None:
     assert not RateLimit(0).allow(0.0)
 
 
-def _det(label: str, score: float) -> Detection:
-    return Detection(label, 0, score, (0.1, 0.1, 0.2, 0.2))
+LABELS = ["person", "car", "dog"]
 
 
-def _result(*dets: Detection, ts: float = 0.0) -> FrameResult:
-    frame = Frame("cam", 0, ts, np.zeros((4, 4, 3), np.uint8))
-    return FrameResult(frame, tuple(dets), (), 1.0)
-
-
-def test_camera_filter_labels_and_per_label() -> None:
-    detect = DetectConfig(
-        min_score=0.5, labels=["person", "car"], per_label={"car": LabelRule(min_score=0.7)}
+def _dets(*items: tuple[str, float]) -> Detections:
+    n = len(items)
+    return Detections(
+        np.tile(np.array([[0.1, 0.1, 0.4, 0.4]], np.float32), (n, 1)),
+        np.array([s for _, s in items], np.float32),
+        np.array([LABELS.index(lab) for lab, _ in items], np.int64),
     )
-    raw = (_det("person", 0.55), _det("car", 0.65), _det("car", 0.75), _det("dog", 0.9))
-    assert [(d.label, d.score) for d in camera_filter(raw, detect)] == [
-        ("person", 0.55),
-        ("car", 0.75),
-    ]
+
+
+FILTER_CASES = [
+    # (id, objects / detect, boxes, expected (label, score) reported)
+    (
+        "legacy detect: labels and per_label",
+        DetectConfig(
+            min_score=0.5,
+            labels=["person", "car"],
+            per_label={"car": LegacyLabelRule(min_score=0.7)},
+        ).to_objects(),
+        [("person", 0.55), ("car", 0.65), ("car", 0.75), ("dog", 0.9)],
+        [("person", 0.55), ("car", 0.75)],
+    ),
+    (
+        "legacy detect without labels keeps every label",
+        DetectConfig(min_score=0.6).to_objects(),
+        [("person", 0.55), ("dog", 0.9)],
+        [("dog", 0.9)],
+    ),
+    ("no objects: every label at 0.5", {}, [("dog", 0.5), ("car", 0.49)], [("dog", 0.5)]),
+    (
+        "objects with a default rule",
+        {"*": ObjectRule(min_score=0.8), "car": ObjectRule(min_score=0.3)},
+        [("car", 0.35), ("dog", 0.7), ("person", 0.85)],
+        [("car", 0.35), ("person", 0.85)],
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("objects", "boxes", "expected"),
+    [c[1:] for c in FILTER_CASES],
+    ids=[c[0] for c in FILTER_CASES],
+)
+def test_object_filter(objects, boxes, expected) -> None:
+    result = ObjectFilter(objects, LABELS, None, 0.5).apply(_dets(*boxes))
+    shown = result.kept[result.reported]
+    assert [
+        (LABELS[c], round(float(s), 2)) for c, s in zip(shown.class_id, shown.score, strict=True)
+    ] == expected
+
+
+def test_object_filter_keeps_low_boxes_for_the_tracker_and_area_bounds() -> None:
+    objects = {"car": ObjectRule(min_score=0.6, min_area=0.05, max_area=0.5)}
+    f = ObjectFilter(objects, LABELS, 0.1, 0.5)
+    assert f.floor == pytest.approx(0.1)
+    dets = _dets(("car", 0.2), ("car", 0.05), ("dog", 0.9))
+    result = f.apply(dets)
+    assert result.kept.score.tolist() == pytest.approx([0.2]) and not result.reported.any()
+    tiny = Detections(
+        np.array([[0, 0, 0.1, 0.1]], np.float32), np.array([0.9], np.float32), np.array([1])
+    )
+    assert len(f.apply(tiny).kept) == 0  # area 0.01 < min_area
 
 
 SAMPLER_CASES = [
@@ -124,11 +172,12 @@ SAMPLER_CASES = [
 def test_sampler_trigger(
     dets: list[tuple[str, float]], labels: list[str] | None, sampled: bool
 ) -> None:
-    sampler = LowConfidenceSampler(SamplesConfig(enabled=True), DetectConfig(labels=labels))
-    chosen = sampler.select(_result(*(_det(lab, s) for lab, s in dets)))
+    objects = ObjectFilter(DetectConfig(labels=labels).to_objects(), LABELS, None, 0.5)
+    sampler = LowConfidenceSampler(SamplesConfig(enabled=True), objects.allowed)
+    chosen = sampler.select(_dets(*dets), 0.0)
     assert (chosen is not None) == sampled
     if chosen is not None:  # all raw detections above min_score travel with the sample
-        assert [d.score for d in chosen] == [s for _, s in dets if s >= 0.3]
+        assert chosen.score.tolist() == pytest.approx([s for _, s in dets if s >= 0.3])
 
 
 def test_replay_slot_blocks_and_keeps_order() -> None:

@@ -75,8 +75,9 @@ class _TrackState:
 
 
 def topic_segment(label: str) -> str:
-    """A label as one topic level: MQTT wildcards and separators become `_`."""
-    cleaned = "".join("_" if c in "/+#\x00" else c for c in label)
+    """A label as one topic level: MQTT wildcards, separators and whitespace become `_`
+    (`cell phone` -> `cell_phone`, easy to type in a subscription)."""
+    cleaned = "".join("_" if c in "/+#\x00" or c.isspace() else c for c in label)
     return cleaned or "_"
 
 

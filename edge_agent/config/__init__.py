@@ -1,13 +1,2 @@
-"""Configuration: schema and located loading."""
-
-from edge_agent.config.loader import LoadedConfig, load_config
-from edge_agent.config.schema import AgentConfig, CameraConfig, ModelConfig, MqttConfig
-
-__all__ = [
-    "AgentConfig",
-    "CameraConfig",
-    "LoadedConfig",
-    "ModelConfig",
-    "MqttConfig",
-    "load_config",
-]
+"""Configuration: the schema (schema.py, sections composed from component modules) and
+located loading (loader.py). Import the submodules directly; this package does no work."""

@@ -16,6 +16,14 @@ from pydantic import (
     model_validator,
 )
 
+from edge_agent.camera.events import EventsConfig
+from edge_agent.camera.motion import MotionConfig
+
+# DetectConfig and ObjectRule are re-exported: tools import every section from here.
+from edge_agent.camera.objects import DetectConfig as DetectConfig
+from edge_agent.camera.objects import MaskList, Objects, objects_yaml
+from edge_agent.camera.objects import ObjectRule as ObjectRule
+from edge_agent.camera.zones import Lines, Zones
 from edge_agent.config.base import Strict
 from edge_agent.config.values import (
     MAX_BYTES,
@@ -29,6 +37,7 @@ from edge_agent.config.values import (
     TopicSegment,
     bounded,
 )
+from edge_agent.track.config import TrackConfig
 
 
 class TlsConfig(Strict):
@@ -210,20 +219,6 @@ SourceConfig = Annotated[
 ]
 
 
-class LabelRule(Strict):
-    """Per-label overrides of the camera's filters."""
-
-    min_score: float = Field(ge=0, le=1)
-
-
-class DetectConfig(Strict):
-    """Which detections a camera reports."""
-
-    min_score: float = Field(0.5, ge=0, le=1)
-    labels: list[str] | None = None
-    per_label: dict[str, LabelRule] = Field(default_factory=dict)
-
-
 class SamplesConfig(Strict):
     """Low-confidence frames published for relabeling."""
 
@@ -251,16 +246,55 @@ class ClassifyConfig(Strict):
     padding: float = Field(0.0, ge=0, le=1, description="crop margin, fraction of box size")
     threads: int = Field(1, ge=1, le=64)
     input: InputConfig = InputConfig()
+    refresh: Seconds = Field(
+        10.0, gt=0, le=86_400, description="a tracked object is classified again this often"
+    )
 
 
 class CameraConfig(Strict):
-    """One camera: where frames come from and what is published about them."""
+    """One camera: where frames come from and the ordered steps its frames go through
+    (motion -> detect -> objects -> track -> zones/lines -> classify -> events -> samples)."""
 
     source: SourceConfig
-    detect: DetectConfig = DetectConfig()
+    motion: MotionConfig | None = Field(None, description="default: on for live sources only")
+    objects: Objects = Field(default_factory=dict)
+    object_masks: MaskList = Field(
+        default_factory=list, description="polygons where boxes (bottom centre) are ignored"
+    )
+    detect: DetectConfig | None = Field(None, description="earlier form of `objects:`")
+    track: TrackConfig = TrackConfig()
+    zones: Zones = Field(default_factory=dict)
+    lines: Lines = Field(default_factory=dict)
     classify: ClassifyConfig | None = None
+    events: EventsConfig = EventsConfig()
     publish_empty: bool = False
     samples: SamplesConfig = SamplesConfig()
+
+    @model_validator(mode="after")
+    def _one_filter_form(self) -> CameraConfig:
+        if (self.zones or self.lines) and not self.track.enabled:
+            raise ValueError("zones and lines follow tracks: they need `track: {enabled: true}`")
+        if self.detect is not None and self.objects:
+            raise ValueError(
+                "`detect:` is the earlier form of `objects:`; keep only `objects:`\n"
+                + objects_yaml(self.detect.to_objects())
+            )
+        return self
+
+    @property
+    def live(self) -> bool:
+        """Whether the source is a live camera (not a file replay)."""
+        return self.source.type not in ("video", "images")
+
+    @property
+    def object_rules(self) -> dict[str, ObjectRule]:
+        """`objects:`, or the mapping of a legacy `detect:` section ({} = every label)."""
+        return self.detect.to_objects() if self.detect is not None else dict(self.objects)
+
+    @property
+    def motion_config(self) -> MotionConfig:
+        """`motion:` with its source-dependent default applied."""
+        return self.motion if self.motion is not None else MotionConfig(enabled=self.live)
 
 
 class LogConfig(Strict):
@@ -295,6 +329,9 @@ class RuntimeConfig(Strict):
     )
     retry_max_delay: Seconds = Field(
         60.0, ge=1, le=3600, description="cap of the camera reconnect backoff, seconds"
+    )
+    detect_workers: int = Field(
+        1, ge=1, le=16, description="threads running the detector (each with its own model copy)"
     )
 
 

@@ -5,13 +5,15 @@ from __future__ import annotations
 import base64
 import json
 import uuid
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import cv2
 import numpy as np
 
-from edge_agent.types import Detection, FrameResult, Image
+from edge_agent.core.detections import NO_TRACK, Detections
+from edge_agent.types import Frame, Image
 
 PAYLOAD_VERSION = 1
 
@@ -62,14 +64,51 @@ class Topics:
         """Retained state of one camera (starting, running, retrying, stopped, failed)."""
         return f"{self.base}/{camera}/state"
 
+    def motion(self, camera: str) -> str:
+        """Retained `ON`/`OFF` of one camera's motion gate."""
+        return f"{self.base}/{camera}/motion"
+
 
 def new_id() -> str:
     """A unique message id (consumers de-duplicate re-sends by it)."""
     return uuid.uuid4().hex
 
 
-def _header(device_id: str, model: str, result: FrameResult) -> dict[str, Any]:
-    frame = result.frame
+def label_of(labels: Sequence[str], class_id: int) -> str:
+    """The name of a class id (`class_<id>` for ids the label list does not name)."""
+    return labels[class_id] if 0 <= class_id < len(labels) else f"class_{class_id}"
+
+
+def boxes_json(
+    dets: Detections, labels: Sequence[str], sub_labels: Sequence[str] = ()
+) -> list[dict[str, Any]]:
+    """The boxes as they appear in payloads (rounded for size): rounding is one numpy pass,
+    the per-box work is only building the JSON objects."""
+    boxes = np.round(dets.xyxy.astype(np.float64), 5).tolist()
+    scores = np.round(dets.score.astype(np.float64), 4).tolist()
+    out: list[dict[str, Any]] = [
+        {"label": label_of(labels, c), "class_id": c, "score": s, "box": b}
+        for c, s, b in zip(dets.class_id.tolist(), scores, boxes, strict=True)
+    ]
+    if dets.tracker_id is not None:
+        for item, tid in zip(out, dets.tracker_id.tolist(), strict=True):
+            if tid != NO_TRACK:
+                item["tracker_id"] = tid
+    if dets.keypoints is not None and dets.keypoints.shape[1]:
+        kps = np.round(dets.keypoints.astype(np.float64), 5).tolist()
+        for item, points in zip(out, kps, strict=True):
+            item["keypoints"] = points
+    sub_id, sub_score = dets.data.get("sub_label_id"), dets.data.get("sub_score")
+    if sub_id is not None and sub_score is not None:
+        scores = np.round(sub_score.astype(np.float64), 4).tolist()
+        for item, k, score in zip(out, sub_id.tolist(), scores, strict=True):
+            if k >= 0:
+                item["classification"] = {"label": label_of(sub_labels, k), "score": score}
+    return out
+
+
+def header(device_id: str, model: str, frame: Frame, inference_ms: float) -> dict[str, Any]:
+    """The fields every per-frame message starts with."""
     return {
         "v": PAYLOAD_VERSION,
         "id": new_id(),
@@ -80,7 +119,7 @@ def _header(device_id: str, model: str, result: FrameResult) -> dict[str, Any]:
         "width": frame.width,
         "height": frame.height,
         "model": model,
-        "inference_ms": round(result.inference_ms, 2),
+        "inference_ms": round(inference_ms, 2),
     }
 
 
@@ -89,13 +128,12 @@ def _encode(body: dict[str, Any]) -> bytes:
 
 
 def detection_message(
-    topics: Topics, device_id: str, model: str, result: FrameResult, qos: int
+    topics: Topics, head: dict[str, Any], boxes: list[dict[str, Any]], qos: int
 ) -> OutMessage:
     """The `<camera>/detections` message for one processed frame."""
-    body = _header(device_id, model, result)
-    body["detections"] = [d.to_json() for d in result.detections]
+    body = {**head, "detections": boxes}
     return OutMessage(
-        body["id"], topics.detections(result.frame.camera), _encode(body), "detections", qos
+        body["id"], topics.detections(head["camera"]), _encode(body), "detections", qos
     )
 
 
@@ -114,32 +152,30 @@ def jpeg(image: Image, max_side: int, quality: int) -> tuple[bytes, int, int]:
 
 
 @dataclass(frozen=True)
-class SampleSpec:
-    """Why and how a sample is encoded."""
+class SampleJob:
+    """A sample chosen on the camera's thread, encoded later on the encoder thread."""
 
+    head: dict[str, Any]
     reason: str
-    detections: tuple[Detection, ...]
+    boxes: list[dict[str, Any]]
+    image: Image = field(repr=False)
     max_side: int
     quality: int
+    qos: int
 
 
-def sample_message(
-    topics: Topics, device_id: str, model: str, result: FrameResult, spec: SampleSpec, qos: int
-) -> OutMessage:
+def sample_message(topics: Topics, job: SampleJob) -> OutMessage:
     """The `<camera>/samples` message: header, reason, detections and the JPEG frame."""
-    data, width, height = jpeg(result.frame.image, spec.max_side, spec.quality)
-    body = _header(device_id, model, result)
-    body["reason"] = spec.reason
-    body["detections"] = [d.to_json() for d in spec.detections]
+    data, width, height = jpeg(job.image, job.max_side, job.quality)
+    body = {**job.head, "reason": job.reason, "detections": job.boxes}
     body["image"] = {
         "format": "jpeg",
         "width": width,
         "height": height,
         "data": base64.b64encode(data).decode("ascii"),
     }
-    return OutMessage(
-        body["id"], topics.samples(result.frame.camera), _encode(body), "samples", qos
-    )
+    topic = topics.samples(job.head["camera"])
+    return OutMessage(body["id"], topic, _encode(body), "samples", job.qos)
 
 
 def stats_message(

@@ -24,6 +24,7 @@ from edge_agent.track.tracks import Track, new_track, record_hit
 log = logging.getLogger(__name__)
 
 IndexArray = npt.NDArray[np.intp]
+BoolArray = npt.NDArray[np.bool_]
 _TENTATIVE, _TRACKED, _LOST = 0, 1, 2
 _CODES = {"tentative": _TENTATIVE, "tracked": _TRACKED, "lost": _LOST}
 
@@ -76,19 +77,37 @@ class Tracker:
         """The live tracks that have an id (tracked or lost within the buffer)."""
         return tuple(t for t in self._tracks if t.id)
 
-    def update(self, dets: Detections, ts: float, frame: int) -> TrackUpdate:
-        """Associate this frame's boxes with the tracks; returns what changed."""
+    def update(
+        self, dets: Detections, ts: float, frame: int, high: BoolArray | None = None
+    ) -> TrackUpdate:
+        """Associate this frame's boxes with the tracks; returns what changed. `high` marks
+        the first-stage boxes (default: score >= high_score); a camera passes the boxes at or
+        above their label's min_score too, so boxes it would not report never start or
+        steer a track, they only keep one alive."""
+        if high is None:
+            high = dets.score >= self.cfg.high_score
+        else:
+            high = high & (dets.score >= self.cfg.high_score)
         self._predict(frame)
-        owner = self._associate(dets)
-        created, updated = self._apply_hits(dets, owner, ts, frame)
+        owner = self._associate(dets, high)
+        created, updated = self._apply_hits(dets, owner, ts, frame, high)
         ended = self._age_out(owner, ts, frame)
         self._frame = frame
-        keep = (owner >= 0) | (dets.score >= self.cfg.high_score)
-        ids = np.array([self._tracks[o].id if o >= 0 else 0 for o in owner], np.int64)
-        ids[ids == 0] = NO_TRACK
-        out = dets.with_tracker_id(ids)[keep]
+        keep = (owner >= 0) | high
+        out = self._owned(dets, owner)[keep]
         self._drop(ended)
         return TrackUpdate(out, tuple(created), tuple(updated), tuple(ended))
+
+    def _owned(self, dets: Detections, owner: IndexArray) -> Detections:
+        """The boxes with tracker_id and `label_id` (the owning track's voted label) set;
+        per-track lists, per-box numpy."""
+        track_ids = np.array([t.id for t in self._tracks] + [0], np.int64)
+        track_labels = np.array([t.label for t in self._tracks] + [-1], np.int64)
+        ids = track_ids[owner]  # owner -1 picks the filler row
+        labels = track_labels[owner]
+        labels = np.where((ids != 0) & (labels >= 0), labels, dets.class_id)
+        ids[ids == 0] = NO_TRACK
+        return dets.with_tracker_id(ids).with_data(label_id=labels)
 
     def _predict(self, frame: int) -> None:
         """Move every track to this frame; lost tracks stop growing or shrinking."""
@@ -99,7 +118,7 @@ class Tracker:
         self._mean[lost, 6:8] = 0.0
         self._mean, self._cov = kalman.predict(self._mean, self._cov, dt)
 
-    def _associate(self, dets: Detections) -> IndexArray:
+    def _associate(self, dets: Detections, high: BoolArray) -> IndexArray:
         """For each box, the index of the track it is matched to, or -1."""
         cfg = self.cfg
         owner = np.full(len(dets), -1, np.intp)
@@ -108,7 +127,6 @@ class Tracker:
         codes = np.array([_CODES[t.state] for t in self._tracks])
         pred = kalman.cxcywh_to_xyxy(self._mean[:, :4]).astype(np.float32)
         iou = box_iou(pred, dets.xyxy)
-        high = dets.score >= cfg.high_score
         low = (dets.score >= cfg.low_score) & ~high
         fused = iou * dets.score[None, :] if cfg.fuse_score else iou
         taken = np.zeros(len(self._tracks), bool)
@@ -126,7 +144,7 @@ class Tracker:
         return owner
 
     def _apply_hits(
-        self, dets: Detections, owner: IndexArray, ts: float, frame: int
+        self, dets: Detections, owner: IndexArray, ts: float, frame: int, high: BoolArray
     ) -> tuple[list[Track], list[Track]]:
         """Correct matched tracks, start new ones; returns (got an id, hit and had one)."""
         cfg = self.cfg
@@ -137,7 +155,7 @@ class Tracker:
             self._mean[t_idx], self._cov[t_idx] = kalman.correct(
                 self._mean[t_idx], self._cov[t_idx], cxcywh[matched]
             )
-        fresh = np.flatnonzero((owner < 0) & (dets.score >= cfg.new_track_score))
+        fresh = np.flatnonzero((owner < 0) & high & (dets.score >= cfg.new_track_score))
         if len(fresh):
             mean, cov = kalman.initiate(cxcywh[fresh])
             self._mean = np.concatenate([self._mean, mean])

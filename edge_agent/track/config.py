@@ -26,7 +26,7 @@ class TrackConfig(Strict):
     )
     min_hits: int = Field(2, ge=1, le=1000, description="hits before a track gets an id")
     threshold: float = Field(
-        0.5, ge=0, le=1, description="median score that confirms a track (labels without one)"
+        0.7, ge=0, le=1, description="median score that confirms a track (labels without one)"
     )
     median_window: int = Field(10, ge=1, le=1000, description="scores the median is taken over")
     history: int = Field(30, ge=1, le=10_000, description="scores kept per track")

@@ -91,8 +91,9 @@ def record_hit(
     label = max(t.votes, key=t.votes.__getitem__)
     t.label_changed = t.label not in (-1, label)
     t.label = label
-    # A median of one or two scores is one lucky frame: like Frigate, wait for three.
-    enough = max(cfg.min_hits, min(3, cfg.median_window))
+    # The median of a short burst is a few lucky frames (a static false positive scores high
+    # for a moment when someone walks past it): wait until the window is full.
+    enough = max(cfg.min_hits, cfg.median_window)
     if not t.confirmed and t.hits >= enough and t.median_score >= need:
         t.confirmed = True
     _update_stationary(t, cfg, box)

@@ -1,0 +1,442 @@
+"""The agent's pipeline against a bare decode + invoke loop, for both models, in one run.
+
+.venv/bin/python bench/pipeline.py [--quick] [--models ssd yolov8n] [--reps 3] [--out DIR]
+
+1. Throughput: the bare loop (cv2 decode -> the detector's resize/letterbox -> invoke() -> read
+   the outputs; no box decoding, no publishing) vs the in-process Agent on the same clip,
+   interleaved (bare, agent, bare, agent ...); medians of frames/s and process CPU ms per frame.
+2. Peak RSS (VmHWM) of `edge-agent run` with one camera, a replay and the live run of 5.
+3. cProfile of one agent run in every thread: top functions, and which of the agent's functions
+   run per frame and which per box.
+4. Motion gate on vs off on both shared clips: detector runs, CPU, tracks and events.
+5. Live latency: the clip served as MJPEG over HTTP at its native rate to `edge-agent run`;
+   subscriber receipt time minus the detection payload's `ts` (the capture time).
+Writes the tables to stdout and DIR/pipeline.md, the chart to DIR/pipeline.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT / "bench"), str(ROOT)]  # _broker, and tests.streams' MJPEG camera
+from _broker import start_broker  # noqa: E402
+from pipeline_child import Receiver, percentile, run_child  # noqa: E402
+from pipeline_profile import profiled_agent, summarize  # noqa: E402
+from pipeline_report import chart, markdown  # noqa: E402
+
+from edge_agent.config.loader import load_config  # noqa: E402
+from edge_agent.config.schema import ModelConfig  # noqa: E402
+from edge_agent.detect.detector import Detector  # noqa: E402
+from edge_agent.errors import UserError  # noqa: E402
+from edge_agent.preprocess import prepare  # noqa: E402
+from edge_agent.runtime import Agent  # noqa: E402
+from tests.streams import MjpegServer  # noqa: E402
+
+SHARED = Path(os.environ.get("EDGE_AGENT_SHARED", ROOT.parent / "shared"))
+VIDEOS = SHARED / "media" / "video"
+CAR, PERSON = VIDEOS / "car-detection.mp4", VIDEOS / "one-by-one-person-detection.mp4"
+MODELS = {
+    "ssd": (
+        "ssd_mobilenet_v1_coco_quant/detect.tflite",
+        "ssd_mobilenet_v1_coco_quant/labelmap.txt",
+    ),
+    "yolov8n": (
+        "yolov8n_coco_int8_640/yolov8n_full_integer_quant.tflite",
+        "yolov8n_coco_int8_640/coco80_labels.txt",
+    ),
+}
+THREADS = 2  # model.threads of every agent run, and the bare loop's interpreter threads
+CAM = "cam"
+QUICK_FRAMES = 100
+
+# ---- the per-camera pipeline keys (contract). The only place they appear: they are sent only
+# when the agent's schema accepts them (wiring_accepted), so the bench runs before and after.
+
+
+def camera_wiring(label: str, motion: bool | None) -> dict[str, Any]:
+    """Tracking on, one zone and one line, events on; `motion` None leaves the default."""
+    cam: dict[str, Any] = {
+        "track": {"enabled": True},
+        "zones": {
+            "area": {"polygon": [[0.1, 0.5], [0.9, 0.5], [0.9, 1.0], [0.1, 1.0]], "labels": [label]}
+        },
+        "lines": {"gate": {"points": [[0.0, 0.5], [1.0, 0.5]]}},
+        "events": {"publish_detections": True},
+    }
+    if motion is not None:
+        cam["motion"] = {"enabled": motion}
+    return cam
+
+
+RUNTIME_WIRING: dict[str, Any] = {"detect_workers": 1}
+
+
+def floor_keys(score: float, wired: bool) -> dict[str, Any]:
+    """Camera keys that make `score` the detector's score floor (the profile's second run):
+    the tracker's low boxes set the floor once tracking is on."""
+    keys: dict[str, Any] = {"detect": {"min_score": score}}
+    if wired:
+        keys["track"] = {"enabled": True, "low_score": score, "high_score": score,
+                         "new_track_score": score}  # fmt: skip
+    return keys
+
+
+def second_floor(wired: bool) -> float:
+    """The profile's second score floor: far from the first, so the box count differs a lot
+    (tracking keeps boxes down to 0.1; without it the floor is 0.5)."""
+    return 0.6 if wired else 0.1
+
+
+# ---- configs
+
+
+def config(
+    port: int,
+    model: str,
+    source: dict[str, Any],
+    wired: bool,
+    label: str = "car",
+    motion: bool | None = None,
+    floor: float | None = None,
+) -> Path:
+    """Write an agent config (one camera `cam`) to a fresh folder; returns its path."""
+    folder = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
+    path, labels = MODELS[model]
+    cam: dict[str, Any] = {"source": source}
+    if source["type"] == "rtsp":
+        cam["publish_empty"] = True  # a latency sample from every frame, not only busy ones
+    cfg: dict[str, Any] = {
+        "device_id": f"bench-{folder.name[-8:].replace('_', '-')}",
+        "mqtt": {"host": "127.0.0.1", "port": port, "topic_prefix": "edge"},
+        "model": {"path": str(SHARED / "models" / path), "labels": str(SHARED / "models" / labels)},
+        "cameras": {CAM: cam | (camera_wiring(label, motion) if wired else {})},
+        "outbox": {"path": str(folder / "outbox.db")},
+        "log": {"level": "warning", "format": "text"},
+    }
+    cfg["model"]["threads"] = THREADS
+    if floor is not None:
+        cfg["cameras"][CAM] |= floor_keys(floor, wired)
+    if wired:
+        cfg["runtime"] = dict(RUNTIME_WIRING)
+    (folder / "agent.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return folder / "agent.yaml"
+
+
+def wiring_accepted(port: int) -> bool:
+    """True when the agent's config schema takes the pipeline keys."""
+    try:
+        load_config(config(port, "ssd", {"type": "video", "path": str(CAR)}, True, motion=True))
+    except UserError as exc:
+        logging.warning("pipeline keys not accepted yet, running without them: %s", exc)
+        return False
+    return True
+
+
+def cut(clip: Path, frames: int) -> Path:
+    """The first `frames` frames of a clip as a new MP4 at the same frame rate (--quick)."""
+    cap = cv2.VideoCapture(str(clip))
+    fps = cap.get(cv2.CAP_PROP_FPS)
+    out = Path(tempfile.mkdtemp(prefix="bench-clip-")) / clip.name
+    writer: Any = None
+    for _ in range(frames):
+        ok, image = cap.read()
+        if not ok:
+            break
+        if writer is None:
+            size = (image.shape[1], image.shape[0])
+            writer = cv2.VideoWriter(str(out), cv2.VideoWriter.fourcc(*"mp4v"), fps, size)
+        writer.write(image)
+    cap.release()
+    writer.release()
+    return out
+
+
+# ---- 1. throughput
+
+
+@dataclass(frozen=True)
+class Run:
+    """One timed pass: frames, wall seconds and process CPU seconds."""
+
+    frames: int
+    wall: float
+    cpu: float
+
+    @property
+    def fps(self) -> float:
+        """Frames per wall second."""
+        return self.frames / self.wall
+
+    @property
+    def cpu_ms(self) -> float:
+        """Process CPU ms per frame."""
+        return self.cpu / self.frames * 1000
+
+
+def bare_loop(model: str, clip: Path) -> Run:
+    """Decode, place in the input tensor the way the agent's detector does, invoke, read."""
+    path, labels = MODELS[model]
+    models = SHARED / "models"
+    det = Detector(ModelConfig(path=models / path, labels=models / labels, threads=THREADS), 0.5)
+    interp, index, outputs = det.model.interpreter, det.input.index, det.model.outputs
+    cap = cv2.VideoCapture(str(clip))
+    frames, wall, cpu = 0, time.perf_counter(), time.process_time()
+    while True:
+        ok, image = cap.read()
+        if not ok:
+            break
+        tensor, _ = prepare(image, det.plan)
+        interp.set_tensor(index, tensor)
+        interp.invoke()
+        for out in outputs:
+            interp.get_tensor(out.index)
+        frames += 1
+    run = Run(frames, time.perf_counter() - wall, time.process_time() - cpu)
+    cap.release()
+    return run
+
+
+def done_event(agent: Agent) -> threading.Event | None:
+    """The event set once the last frame is through the pipeline (run() then flushes)."""
+    threads = getattr(agent, "threads", None)  # the per-camera pipeline's worker threads
+    return getattr(threads, "done", None) or getattr(agent, "_pipeline_done", None)
+
+
+def counters_of(agent: Agent) -> dict[str, int]:
+    """The agent's counters with the cameras' track and event counters, as in its stats."""
+    threads = getattr(agent, "threads", None)
+    return {**agent.counters.snapshot(), **(threads.counters() if threads is not None else {})}
+
+
+def agent_run(cfg: Path) -> tuple[Run, dict[str, int]]:
+    """The in-process Agent over a replay; prepare() (model load) is outside the timing.
+
+    Wall time ends when the last frame is through the pipeline; CPU time when run() returns,
+    so it includes delivering every message to the broker."""
+    agent = Agent(load_config(cfg))
+    agent.prepare()
+    event, done = done_event(agent), []
+    watcher = threading.Thread(
+        target=lambda: event is not None and event.wait() and done.append(time.perf_counter()),
+        daemon=True,
+    )
+    watcher.start()
+    wall, cpu = time.perf_counter(), time.process_time()
+    code = agent.run()
+    end_cpu, end_wall = time.process_time(), time.perf_counter()
+    watcher.join(1.0)
+    if code != 0:
+        raise RuntimeError(f"agent exited {code} on {cfg}")
+    counters = counters_of(agent)
+    frames = counters.get(f"frames.processed.{CAM}", 0)
+    return Run(frames, (done[0] if done else end_wall) - wall, end_cpu - cpu), counters
+
+
+def throughput(
+    port: int, models: list[str], clip: Path, reps: int, wired: bool
+) -> dict[str, dict[str, list[Run]]]:
+    """Bare and agent runs interleaved per model, `reps` times: {model: {kind: runs}}."""
+    runs: dict[str, dict[str, list[Run]]] = {m: {"bare": [], "agent": []} for m in models}
+    warm = cut(clip, 20)  # first use of the decoder, the model files and the imports, untimed
+    for model in models:
+        bare_loop(model, warm)
+        agent_run(config(port, model, {"type": "video", "path": str(warm)}, wired))
+    for rep in range(reps):
+        for model in models:
+            runs[model]["bare"].append(bare_loop(model, clip))
+            cfg = config(port, model, {"type": "video", "path": str(clip)}, wired)
+            runs[model]["agent"].append(agent_run(cfg)[0])
+            logging.info("rep %d %s: bare %s agent %s", rep, model, *runs[model].values())
+    return runs
+
+
+# ---- 2. peak RSS, 5. live latency (both run `edge-agent run` as a child)
+
+
+def peak_rss(port: int, model: str, clip: Path, wired: bool) -> dict[str, Any]:
+    """Peak RSS of one replay of the clip at full speed, one camera."""
+    cfg = config(port, model, {"type": "video", "path": str(clip)}, wired)
+    sub = Receiver(port, load_config(cfg).config.device_id)
+    try:
+        rss = run_child(cfg)
+        time.sleep(0.2)  # the final stats message
+    finally:
+        sub.close()
+    frames = sub.last_counters().get(f"frames.processed.{CAM}", 0)
+    return {"model": model, "source": "replay", "rss_mib": rss / 1024, "frames": frames}
+
+
+WARMUP = 1.0  # seconds after the first message: frames captured before its end are left out
+
+
+def live_latency(
+    port: int, model: str, clip: Path, seconds: float, wired: bool, motion: bool | None = None
+) -> dict[str, Any]:
+    """The clip as MJPEG over HTTP at its native rate into `edge-agent run`, for `seconds` after
+    the first detection message; latency = receipt time - payload ts (capture time)."""
+    cap = cv2.VideoCapture(str(clip))
+    fps, count = cap.get(cv2.CAP_PROP_FPS), int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+    cap.release()
+    with MjpegServer(fps=fps, video=clip, frames=count) as server:
+        cfg = config(port, model, {"type": "rtsp", "url": server.url}, wired, motion=motion)
+        sub = Receiver(port, load_config(cfg).config.device_id)
+        try:
+            rss = run_child(cfg, lambda: _window_over(sub, seconds))
+            time.sleep(0.2)
+        finally:
+            sub.close()
+    got = sub.detections()
+    if not got:
+        raise RuntimeError(f"no detections message from the live run of {model}")
+    # Frames captured while the agent was starting (model warm-up, broker connect) arrive in
+    # a burst; the window starts WARMUP s after the first message, by capture time.
+    start = got[0][0] + WARMUP
+    ms = [(t - body["ts"]) * 1000 for t, body in got if body["ts"] >= start]
+    counters = sub.last_counters()
+    return {
+        "model": model,
+        "motion": motion,
+        "fps": fps,
+        "messages": len(ms),
+        "skipped": counters.get(f"frames.skipped.{CAM}", 0),
+        "processed": counters.get(f"frames.processed.{CAM}", 0),
+        "detector_runs": counters.get(f"detector.runs.{CAM}") if wired else None,
+        **{f"p{q}": percentile(ms, q) for q in (50, 95, 99)},
+        "rss_mib": rss / 1024,
+    }
+
+
+def _window_over(sub: Receiver, seconds: float) -> bool:
+    got = sub.messages
+    first = next((t for t, topic, _ in got if topic.endswith("/detections")), None)
+    return first is not None and time.time() - first >= seconds + WARMUP
+
+
+# ---- 3. profile
+
+
+def count_boxes(model: str, clip: Path, min_score: float) -> int:
+    """Raw detections (after NMS, above the detector's floor) over the clip."""
+    path, labels = MODELS[model]
+    models = SHARED / "models"
+    cfg = ModelConfig(path=models / path, labels=models / labels, threads=THREADS)
+    det, cap, boxes = Detector(cfg, min_score), cv2.VideoCapture(str(clip)), 0
+    while True:
+        ok, image = cap.read()
+        if not ok:
+            break
+        boxes += len(det.detect_arrays(image)[0].score)
+    cap.release()
+    return boxes
+
+
+def profile_run(port: int, model: str, clip: Path, wired: bool) -> dict[str, Any]:
+    """Two profiled agent runs on the clip, at the default score floor and at a second one
+    (other box counts, the same frames); see pipeline_profile.summarize."""
+    source = {"type": "video", "path": str(clip)}
+    floor = second_floor(wired)
+    runs = [
+        profiled_agent(config(port, model, source, wired, floor=score), CAM,
+                       lambda f: count_boxes(model, clip, f))
+        for score in (None, floor)
+    ]  # fmt: skip
+    return {"model": model, "second_floor": floor, **summarize(*runs)}
+
+
+# ---- 4. motion gate
+
+
+def motion_runs(
+    port: int, model: str, clips: list[tuple[Path, str]], wired: bool
+) -> list[dict[str, Any]]:
+    """Each clip with the motion gate on and off (one run without the key until it is accepted)."""
+    rows = []
+    for clip, label in clips:
+        for motion in (True, False) if wired else (None,):
+            cfg = config(port, model, {"type": "video", "path": str(clip)}, wired, label, motion)
+            run, counters = agent_run(cfg)
+
+            def get(name: str, c: dict[str, int] = counters) -> int | None:
+                return c.get(f"{name}.{CAM}", 0) if wired else None
+
+            rows.append({
+                "clip": clip.name, "motion": motion, "frames": run.frames,
+                "detector_runs": get("detector.runs"), "still": get("frames.still"),
+                "cpu_s": run.cpu, "tracks": get("tracks.confirmed"), "events": get("events.new"),
+            })  # fmt: skip
+    return rows
+
+
+# ---- all of it
+
+
+def collect(args: argparse.Namespace, port: int) -> dict[str, Any]:
+    """Run every part; returns what pipeline_report renders (with each part's seconds)."""
+    wired = wiring_accepted(port)
+    car, person = (cut(c, QUICK_FRAMES) for c in (CAR, PERSON)) if args.quick else (CAR, PERSON)
+    reps = 1 if args.quick else args.reps
+    seconds = 5.0 if args.quick else 30.0
+    # A live camera has the motion gate on by default; off, every frame meets the detector.
+    gates = ((False,) if args.quick else (False, True)) if wired else (None,)
+    first = args.models[0]
+    parts: dict[str, Callable[[], Any]] = {
+        "throughput": lambda: throughput(port, args.models, car, reps, wired),
+        "rss": lambda: [peak_rss(port, m, car, wired) for m in args.models],
+        "latency": lambda: [
+            live_latency(port, m, car, seconds, wired, g) for m in args.models for g in gates
+        ],
+        "motion": lambda: motion_runs(port, first, [(car, "car"), (person, "person")], wired),
+        "profile": lambda: profile_run(port, first, car, wired),
+    }
+    res: dict[str, Any] = {"motion_model": first}
+    took = {}
+    for name, part in parts.items():
+        start = time.monotonic()
+        res[name] = part()
+        took[name] = time.monotonic() - start
+    frames = res["throughput"][first]["bare"][0].frames
+    res["meta"] = {"clip": CAR.name, "frames": frames, "quick": args.quick, "reps": reps,
+                   "wired": wired, "threads": THREADS, "cpus": os.cpu_count(),
+                   "took": took}  # fmt: skip
+    return res
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark, print the tables, write the Markdown and the chart."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help=f"first {QUICK_FRAMES} frames, 1 rep")
+    parser.add_argument("--models", nargs="+", choices=sorted(MODELS), default=sorted(MODELS))
+    parser.add_argument("--reps", type=int, default=3, help="interleaved repetitions")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    proc, port = start_broker()
+    try:
+        res = collect(args, port)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    text = markdown(res)
+    print(text)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "pipeline.md").write_text(text)
+    chart(res, args.out / "pipeline.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,222 @@
+"""Markdown tables and the PNG chart of bench/pipeline.py's results."""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+from typing import Any
+
+PENDING = "pending"  # a figure that needs the per-camera pipeline keys the agent does not take yet
+
+
+def _median(runs: list[Any], attr: str) -> float:
+    return statistics.median(getattr(r, attr) for r in runs)
+
+
+def summary(runs: dict[str, list[Any]]) -> dict[str, float]:
+    """Medians of frames/s and CPU ms/frame for bare and agent, and their ratios agent/bare."""
+    out = {f"{k}_{a}": _median(runs[k], a) for k in ("bare", "agent") for a in ("fps", "cpu_ms")}
+    out["fps_ratio"] = out["agent_fps"] / out["bare_fps"]
+    out["cpu_ratio"] = out["agent_cpu_ms"] / out["bare_cpu_ms"]
+    return out
+
+
+def _table(head: list[str], rows: list[list[Any]]) -> list[str]:
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return lines
+
+
+def _throughput(res: dict[str, Any]) -> list[str]:
+    rows = []
+    for model, runs in res["throughput"].items():
+        s = summary(runs)
+        every = "; ".join(
+            f"{k} " + " ".join(f"{r.fps:.1f}" for r in runs[k]) for k in ("bare", "agent")
+        )
+        rows.append([
+            model, f"{runs['bare'][0].frames}/{runs['agent'][0].frames}",
+            f"{s['bare_fps']:.1f}", f"{s['agent_fps']:.1f}", f"{s['fps_ratio']:.3f}",
+            f"{s['bare_cpu_ms']:.2f}", f"{s['agent_cpu_ms']:.2f}", f"{s['cpu_ratio']:.3f}", every,
+        ])  # fmt: skip
+    head = [
+        "model",
+        "frames bare/agent",
+        "bare fps",
+        "agent fps",
+        "fps agent/bare",
+        "bare CPU ms/frame",
+        "agent CPU ms/frame",
+        "CPU/frame agent/bare",
+        "every run fps",
+    ]
+    return ["## Throughput: bare loop vs agent", "", *_table(head, rows)]
+
+
+def _memory(res: dict[str, Any]) -> list[str]:
+    rows = [[r["model"], r["source"], f"{r['rss_mib']:.1f}", r["frames"]] for r in res["rss"]]
+    rows += [
+        [
+            r["model"],
+            f"live MJPEG, gate {_gate(r['motion'])}",
+            f"{r['rss_mib']:.1f}",
+            r["processed"],
+        ]
+        for r in res["latency"]
+    ]
+    head = ["model", "source", "peak RSS MiB", "frames processed"]
+    return ["## Peak RSS of `edge-agent run`, one camera", "", *_table(head, rows)]
+
+
+def _cell(value: Any) -> str:
+    return PENDING if value is None else str(value)
+
+
+def _gate(motion: bool | None) -> str:
+    return "default" if motion is None else ("on" if motion else "off")
+
+
+def _latency(res: dict[str, Any]) -> list[str]:
+    rows = [
+        [r["model"], _gate(r["motion"]), f"{r['fps']:.1f}", r["messages"], r["processed"],
+         r["skipped"], _cell(r["detector_runs"]), f"{r['p50']:.1f}", f"{r['p95']:.1f}",
+         f"{r['p99']:.1f}"]
+        for r in res["latency"]
+    ]  # fmt: skip
+    head = ["model", "motion gate", "source fps", "messages", "frames processed",
+            "frames skipped", "detector runs", "p50 ms", "p95 ms", "p99 ms"]  # fmt: skip
+    return ["## Live latency: receipt - capture ts", "", *_table(head, rows)]
+
+
+def _motion(res: dict[str, Any]) -> list[str]:
+    rows = [
+        [r["clip"], _gate(r["motion"]),
+         r["frames"], _cell(r["detector_runs"]), _cell(r["still"]), f"{r['cpu_s']:.1f}",
+         f"{r['cpu_s'] / r['frames'] * 1000:.2f}", _cell(r["tracks"]), _cell(r["events"])]
+        for r in res["motion"]
+    ]  # fmt: skip
+    head = [
+        "clip",
+        "motion gate",
+        "frames",
+        "detector runs",
+        "frames still",
+        "CPU s",
+        "CPU ms/frame",
+        "tracks confirmed",
+        "events new",
+    ]
+    return [f"## Motion gate on vs off ({res['motion_model']})", "", *_table(head, rows)]
+
+
+def _functions(rows: list[dict[str, Any]], frames: int) -> list[list[Any]]:
+    return [
+        [f"`{r['function']}`", r["calls"], f"{r['calls'] / frames:.2f}",
+         f"{r['tottime']:.2f}", f"{r['cumtime']:.2f}"]
+        for r in rows
+    ]  # fmt: skip
+
+
+def _profile(res: dict[str, Any]) -> list[str]:
+    p = res["profile"]
+    frames, (boxes, other_boxes) = p["frames"], p["boxes"]
+    head = ["function", "calls", "calls/frame", "tottime s", "cumtime s"]
+    flagged = [r["function"] for r in p["path"] if r["kind"] == "per box"]
+    verdict = ", ".join(f"`{f}`" for f in flagged) or "none"
+    if not p["telling"]:
+        verdict = "cannot tell (the two runs' box counts are too close)"
+    path = [
+        [f"`{r['function']}`", r["calls"], f"{r['per_frame']:.2f}",
+         "?" if r["per_box"] is None else f"{r['per_box']:.2f}", r["kind"]]
+        for r in p["path"]
+    ]  # fmt: skip
+    return [
+        f"## Profile of one agent run ({p['model']}, {frames} frames, {p['runs']} detector "
+        f"runs, {boxes} boxes = {boxes / max(frames, 1):.2f} per frame)",
+        "",
+        f"Threads profiled: {', '.join(p['threads'])}. Python functions of the agent that run "
+        f"once per box on the frame path: **{verdict}**.",
+        "",
+        "Top by cumulative time, capture and inference threads (waits left out):",
+        "",
+        *_table(head, _functions(p["cumulative"], frames)),
+        "",
+        "Top by own time, every thread (waits left out):",
+        "",
+        *_table(head, _functions(p["tottime"], frames)),
+        "",
+        "The agent's functions on the frame path called at least every other frame. A second "
+        f"profiled run with the score floor at {p['second_floor']} gives {other_boxes} boxes on "
+        "the same frames; *extra calls/box* = (its calls - these calls) / (its boxes - these "
+        "boxes): about 1 or more means once per box, about 0 means per frame.",
+        "",
+        *_table(["function", "calls", "calls/frame", "extra calls/box", "kind"], path),
+    ]
+
+
+def markdown(res: dict[str, Any]) -> str:
+    """Every table, with a header saying what was run."""
+    meta = res["meta"]
+    wiring = (
+        "on (track, one zone, one line, events)"
+        if meta["wired"]
+        else "not accepted by the agent yet: cameras run with source + detect only; "
+        f"figures marked {PENDING} need them"
+    )
+    lines = [
+        "# Pipeline benchmark",
+        "",
+        f"Clip `{meta['clip']}` ({meta['frames']} frames{', --quick' if meta['quick'] else ''}), "
+        f"{meta['reps']} interleaved repetition(s), medians; "
+        f"interpreter threads {meta['threads']}; {meta['cpus']} CPUs. "
+        f"Per-camera pipeline keys: {wiring}. Seconds per part: "
+        + ", ".join(f"{k} {v:.0f}" for k, v in meta["took"].items())
+        + ".",
+        "",
+        *_throughput(res),
+        "",
+        *_memory(res),
+        "",
+        *_latency(res),
+        "",
+        *_motion(res),
+        "",
+        *_profile(res),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def chart(res: dict[str, Any], path: Path) -> None:
+    """Frames/s and CPU ms/frame per model, bare vs agent; latency percentiles per model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = list(res["throughput"])
+    sums = [summary(res["throughput"][m]) for m in models]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4))
+    width = 0.38
+    xs = range(len(models))
+    for ax, key, title in ((axes[0], "fps", "frames/s"), (axes[1], "cpu_ms", "CPU ms/frame")):
+        for i, kind in enumerate(("bare", "agent")):
+            values = [s[f"{kind}_{key}"] for s in sums]
+            bars = ax.bar([x + (i - 0.5) * width for x in xs], values, width, label=kind)
+            ax.bar_label(bars, fmt="%.1f", fontsize=8)
+        ax.set_xticks(list(xs), models)
+        ax.set_title(title)
+        ax.legend()
+    ax = axes[2]
+    for i, r in enumerate(res["latency"]):
+        values = [r["p50"], r["p95"], r["p99"]]
+        label = f"{r['model']}, gate {_gate(r['motion'])}"
+        step = width * 2 / max(len(res["latency"]), 1)
+        bars = ax.bar([q - width + (i + 0.5) * step for q in range(3)], values, step, label=label)
+        ax.bar_label(bars, fmt="%.0f", fontsize=8)
+    ax.set_xticks(range(3), ["p50", "p95", "p99"])
+    ax.set_title("live latency ms (receipt - capture)")
+    ax.legend()
+    fig.suptitle(f"edge-agent pipeline, {res['meta']['clip']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

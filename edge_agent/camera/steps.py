@@ -1,0 +1,221 @@
+"""The per-camera steps after detection, in order: objects -> track -> zones/lines -> classify
+-> events -> samples -> detections. Each step reads and extends one `FrameContext`; each owns
+its state and config section, so the camera thread is the only one touching it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from edge_agent.camera.events import EventBuilder, SubLabel
+from edge_agent.camera.objects import ObjectFilter
+from edge_agent.camera.zones import ZoneLineState, ZoneUpdate
+from edge_agent.config.schema import ClassifyConfig, SamplesConfig
+from edge_agent.core.detections import NO_TRACK, Detections
+from edge_agent.detect.classifier import Classifier
+from edge_agent.health import Counters
+from edge_agent.publish.payloads import OutMessage, SampleJob, boxes_json, header
+from edge_agent.sampling import LowConfidenceSampler
+from edge_agent.track.bytetrack import Tracker, TrackUpdate
+from edge_agent.types import Frame
+
+log = logging.getLogger(__name__)
+
+BoolArray = npt.NDArray[np.bool_]
+
+
+@dataclass(eq=False)
+class FrameContext:
+    """One frame on its way through a camera's steps.
+
+    raw: the detector's boxes (above the detector floor); dets: the current view (filtered,
+    then tracked); reported: which of `dets` the camera reports (>= their label's min_score);
+    out: messages to publish, in order; samples: JPEG work for the encoder thread.
+    """
+
+    frame: Frame
+    raw: Detections
+    inference_ms: float
+    dets: Detections = field(default_factory=Detections)
+    reported: BoolArray = field(default_factory=lambda: np.zeros(0, np.bool_))
+    track: TrackUpdate | None = None
+    zones: ZoneUpdate | None = None
+    sub_labels: dict[int, SubLabel | None] = field(default_factory=dict)
+    out: list[OutMessage] = field(default_factory=list)
+    samples: list[SampleJob] = field(default_factory=list)
+    head: dict[str, Any] = field(default_factory=dict)
+
+
+Step = Callable[[FrameContext], None]
+
+
+class FilterStep:
+    """`objects:` and `object_masks:`: drop what the camera does not want."""
+
+    def __init__(self, objects: ObjectFilter) -> None:
+        self.objects = objects
+
+    def __call__(self, ctx: FrameContext) -> None:
+        """Filter `raw` into `dets` and mark what is reported."""
+        result = self.objects.apply(ctx.raw)
+        ctx.dets, ctx.reported = result.kept, result.reported
+
+
+class TrackStep:
+    """`track:`: boxes become tracks; each kept box carries its track's voted label."""
+
+    def __init__(self, tracker: Tracker, objects: ObjectFilter) -> None:
+        self.tracker = tracker
+        self.objects = objects
+
+    def __call__(self, ctx: FrameContext) -> None:
+        """Update the tracker; keep tracked boxes and reported untracked ones."""
+        update = self.tracker.update(ctx.dets, ctx.frame.ts, ctx.frame.index, ctx.reported)
+        dets = update.detections
+        reported = dets.score >= self.objects.min_score[self.objects.rows(dets.class_id)]
+        ctx.track, ctx.dets = update, dets
+        ctx.reported = reported | (dets.tracked != NO_TRACK)
+
+
+class ZonesStep:
+    """`zones:` and `lines:`: who is where, who crossed."""
+
+    def __init__(self, state: ZoneLineState) -> None:
+        self.state = state
+
+    def __call__(self, ctx: FrameContext) -> None:
+        """Advance the tracked boxes; ended tracks leave their zones."""
+        tracked = ctx.dets[ctx.dets.tracked != NO_TRACK]
+        ctx.zones = self.state.update(tracked, (ctx.frame.width, ctx.frame.height))
+        if ctx.track is not None and ctx.track.ended:
+            self.state.forget([t.id for t in ctx.track.ended])
+
+
+class ClassifyStep:
+    """`classify:`: a second model on the crop of each reported box of the wanted labels,
+    once per track and again every `refresh` seconds (untracked boxes every frame)."""
+
+    def __init__(self, classifier: Classifier, cfg: ClassifyConfig, labels: Sequence[str]):
+        self.classifier = classifier
+        self.cfg = cfg
+        wanted = cfg.on_labels
+        self.wanted = np.array([wanted is None or lab in wanted for lab in labels] + [False])
+        self.sub_index = {lab: i for i, lab in enumerate(classifier.labels)}
+        self._cache: dict[int, tuple[float, SubLabel | None]] = {}
+
+    def __call__(self, ctx: FrameContext) -> None:
+        """Classify what is due; every reported box gets its (cached) sub-label arrays."""
+        dets, ts = ctx.dets, ctx.frame.ts
+        last = len(self.wanted) - 1
+        rows = np.where((dets.class_id >= 0) & (dets.class_id < last), dets.class_id, last)
+        sub_id = np.full(len(dets), -1, np.int64)
+        sub_score = np.zeros(len(dets), np.float32)
+        for i in np.flatnonzero(ctx.reported & self.wanted[rows]):
+            tid = int(dets.tracked[i])
+            cached = self._cache.get(tid) if tid != NO_TRACK else None
+            if cached is None or ts - cached[0] >= self.cfg.refresh:
+                box = tuple(float(v) for v in dets.xyxy[i])
+                label, score = self.classifier.top(ctx.frame.image, box)  # type: ignore[arg-type]
+                result = (label, score) if score >= self.cfg.min_score else None
+                if tid != NO_TRACK:
+                    self._cache[tid] = (ts, result)
+                    ctx.sub_labels[tid] = result
+                cached = (ts, result)
+            if cached[1] is not None:
+                sub_id[i] = self.sub_index[cached[1][0]]
+                sub_score[i] = cached[1][1]
+        if ctx.track is not None:
+            for t in ctx.track.ended:
+                self._cache.pop(t.id, None)
+        ctx.dets = dets.with_data(sub_label_id=sub_id, sub_score=sub_score)
+
+
+class EventsStep:
+    """`events:`: track changes become events; presence and crossings become counts."""
+
+    def __init__(self, builder: EventBuilder) -> None:
+        self.builder = builder
+
+    def __call__(self, ctx: FrameContext) -> None:
+        """Add this frame's event, count and line messages."""
+        if ctx.track is None:
+            return
+        ctx.out += self.builder.frame(
+            ctx.track, ctx.zones, ctx.frame.ts, ctx.frame.index, ctx.sub_labels
+        )
+
+
+class SamplesStep:
+    """`samples:`: frames with uncertain detections, under a budget, for relabeling."""
+
+    def __init__(
+        self,
+        cfg: SamplesConfig,
+        objects: ObjectFilter,
+        labels: Sequence[str],
+        counters: Counters,
+        qos: int,
+    ) -> None:
+        self.cfg = cfg
+        self.sampler = LowConfidenceSampler(cfg, objects.allowed)
+        self.labels = labels
+        self.counters = counters
+        self.qos = qos
+
+    def __call__(self, ctx: FrameContext) -> None:
+        """Queue the frame for encoding when it qualifies and the budget allows."""
+        if not self.sampler.candidate(ctx.raw):
+            return
+        chosen = self.sampler.select(ctx.raw, ctx.frame.ts)
+        camera = ctx.frame.camera
+        if chosen is None:
+            self.counters.inc(f"samples.rate_limited.{camera}")
+            return
+        cfg = self.cfg
+        boxes = boxes_json(chosen, self.labels)
+        ctx.samples.append(
+            SampleJob(
+                ctx.head,
+                self.sampler.reason,
+                boxes,
+                ctx.frame.image,
+                cfg.max_side,
+                cfg.jpeg_quality,
+                self.qos,
+            )
+        )
+
+
+class DetectionsStep:
+    """The per-frame `detections` message (reported boxes, with tracker ids)."""
+
+    def __init__(
+        self,
+        build: Callable[[dict[str, Any], list[dict[str, Any]]], OutMessage],
+        labels: Sequence[str],
+        sub_labels: Sequence[str],
+        publish_empty: bool,
+    ) -> None:
+        self.build = build
+        self.labels = labels
+        self.sub_labels = sub_labels
+        self.publish_empty = publish_empty
+
+    def __call__(self, ctx: FrameContext) -> None:
+        """Add the message when there is something to report (or empty frames are wanted)."""
+        shown = ctx.dets[ctx.reported]
+        if len(shown) or self.publish_empty:
+            ctx.out.insert(0, self.build(ctx.head, boxes_json(shown, self.labels, self.sub_labels)))
+
+
+def start_context(
+    frame: Frame, raw: Detections, ms: float, device: str, model: str
+) -> FrameContext:
+    """A context for one detected frame, with the header its messages share."""
+    return FrameContext(frame, raw, ms, head=header(device, model, frame, ms))
