@@ -62,6 +62,7 @@ MODELS = {
 THREADS = 2  # model.threads of every agent run, and the bare loop's interpreter threads
 CAM = "cam"
 QUICK_FRAMES = 100
+WORK = Path(tempfile.gettempdir())  # configs, outboxes and cut clips; main() uses a fresh one
 
 # ---- the per-camera pipeline keys (contract). The only place they appear: they are sent only
 # when the agent's schema accepts them (wiring_accepted), so the bench runs before and after.
@@ -114,7 +115,7 @@ def config(
     floor: float | None = None,
 ) -> Path:
     """Write an agent config (one camera `cam`) to a fresh folder; returns its path."""
-    folder = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
+    folder = Path(tempfile.mkdtemp(prefix="bench-pipeline-", dir=WORK))
     path, labels = MODELS[model]
     cam: dict[str, Any] = {"source": source}
     if source["type"] == "rtsp":
@@ -150,7 +151,7 @@ def cut(clip: Path, frames: int) -> Path:
     """The first `frames` frames of a clip as a new MP4 at the same frame rate (--quick)."""
     cap = cv2.VideoCapture(str(clip))
     fps = cap.get(cv2.CAP_PROP_FPS)
-    out = Path(tempfile.mkdtemp(prefix="bench-clip-")) / clip.name
+    out = Path(tempfile.mkdtemp(prefix="bench-clip-", dir=WORK)) / clip.name
     writer: Any = None
     for _ in range(frames):
         ok, image = cap.read()
@@ -424,9 +425,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    global WORK
     proc, port = start_broker()
     try:
-        res = collect(args, port)
+        with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as work:
+            WORK = Path(work)
+            res = collect(args, port)
     finally:
         proc.terminate()
         proc.wait(10)

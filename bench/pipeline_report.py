@@ -214,6 +214,7 @@ def chart(res: dict[str, Any], path: Path) -> None:
         bars = ax.bar([q - width + (i + 0.5) * step for q in range(3)], values, step, label=label)
         ax.bar_label(bars, fmt="%.0f", fontsize=8)
     ax.set_xticks(range(3), ["p50", "p95", "p99"])
+    ax.set_yscale("log")  # p50 is tens of ms, a stalled shared machine puts p99 near a second
     ax.set_title("live latency ms (receipt - capture)")
     ax.legend()
     fig.suptitle(f"edge-agent pipeline, {res['meta']['clip']}")

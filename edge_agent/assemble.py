@@ -120,6 +120,8 @@ class Threads:
     def _watch_done(self) -> None:
         for worker in self.workers.values():
             worker.done.wait()
+        if not self.abort.is_set():
+            log.info("all cameras finished")
         self.done.set()
 
     def finish(self, timeout: float) -> bool:

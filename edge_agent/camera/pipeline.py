@@ -104,8 +104,9 @@ class CameraPipeline:
 
     @property
     def tracks_active(self) -> bool:
-        """Whether any track is alive (the motion gate keeps the detector running then)."""
-        return self.tracker is not None and bool(self.tracker.tracks)
+        """Whether a track was seen on the last detected frame (the motion gate keeps the
+        detector running then; a lost track is found again by motion or the keyframe)."""
+        return self.tracker is not None and any(t.state == "tracked" for t in self.tracker.tracks)
 
     def initial_messages(self) -> list[OutMessage]:
         """Retained zeros for the counts and line totals this camera publishes."""
