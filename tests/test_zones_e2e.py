@@ -53,7 +53,9 @@ LABEL = "person"
 # What a user counting people would configure: report people from 0.5, confirm a track when
 # the median of its scores reaches 0.5 (SSD scores standing people 0.55-0.8; the default
 # 0.7 leaves some tracks unconfirmed until they happen to score higher), and one NMS IoU for
-# both models (YOLO's default; SSD's own in-model NMS keeps boxes overlapping up to 0.6).
+# both models (YOLO's default). SSD needs that NMS: its in-model NMS (IoU 0.6) leaves a tight
+# and a wide box on the person walking out at frames 1184-1190, which counts `exit` twice
+# and once "in" (see `checked_with` in the truth file).
 OBJECTS = {LABEL: {"min_score": 0.5, "threshold": 0.5}}
 NMS_IOU = 0.45
 # A box's bottom centre is not exactly the point between the shoes (a swinging arm widens the
@@ -241,7 +243,8 @@ def run_components(truth: dict[str, Any], name: str) -> tuple[Published, list[Ha
     track_cfg = TrackConfig()
     rule = OBJECTS[LABEL]
     # The agent's detector floor: the tracker's second-stage (low) boxes.
-    detector = Detector(ModelConfig(path=model, labels=labels, nms_iou=NMS_IOU), 0.1)
+    cfg = ModelConfig(path=model, labels=labels, nms_iou=NMS_IOU)
+    detector = Detector(cfg, track_cfg.low_score)
     names = list(detector.labels)
     person = names.index(LABEL)
     tracker = Tracker(track_cfg, {person: rule["threshold"]})
@@ -281,7 +284,8 @@ def check_windows(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", sorted(MODELS))
+# One model is enough here (the agent test below runs both): this pass checks frame windows.
+@pytest.mark.parametrize("name", ["ssd"])
 def test_components_agree_with_truth(truth: dict[str, Any], name: str) -> None:
     """The in-process pipeline publishes the truth's totals, and the counted tracks enter,
     leave and cross within the frames a person watching the clip reads off for each person."""

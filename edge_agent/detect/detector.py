@@ -236,7 +236,9 @@ class Detector:
         interp.set_tensor(self.input.index, tensor)
         interp.invoke()
         decoded = self.decoder.decode(lambda spec: interp.get_tensor(spec.index), self.min_score)
-        if self.family != "ssd":
+        # SSD models suppress overlaps in the model (at their own IoU); a configured nms_iou
+        # adds a pass at that IoU (duplicate boxes of one object make duplicate tracks).
+        if self.family != "ssd" or self.cfg.nms_iou is not None:
             decoded = nms(decoded, self.nms_iou, self.cfg.max_detections)
         kps = (
             transform.points_to_frame(decoded.keypoints) if decoded.keypoints is not None else None
