@@ -55,6 +55,9 @@ def test_classification_attached_to_wanted_labels(broker: Broker, tmp: Path) -> 
             "stills": {
                 "source": {"type": "images", "path": str(IMAGES)},
                 "detect": {"min_score": 0.4},
+                # Untracked boxes are classified on every frame; tracked ones once per track
+                # (then every classify.refresh): these stills are unrelated photos, not a video.
+                "track": {"enabled": False},
                 "classify": {"model": str(model), "labels": str(labels), "on_labels": ["person"]},
             }
         },
