@@ -4,14 +4,16 @@
 
 1. Throughput: the bare loop (cv2 decode -> the detector's resize/letterbox -> invoke() -> read
    the outputs; no box decoding, no publishing) vs the in-process Agent on the same clip,
-   interleaved (bare, agent, bare, agent ...); medians of frames/s and process CPU ms per frame.
+   interleaved (bare, agent, bare, agent ...); best frames/s and process CPU ms per frame.
 2. Peak RSS (VmHWM) of `edge-agent run` with one camera, a replay and the live run of 5.
 3. cProfile of one agent run in every thread: top functions, and which of the agent's functions
    run per frame and which per box.
 4. Motion gate on vs off on both shared clips: detector runs, CPU, tracks and events.
 5. Live latency: the clip served as MJPEG over HTTP at its native rate to `edge-agent run`;
    subscriber receipt time minus the detection payload's `ts` (the capture time).
-Writes the tables to stdout and DIR/pipeline.md, the chart to DIR/pipeline.png.
+Writes the tables to stdout and DIR/pipeline.md, the chart to DIR/pipeline.png. Helpers:
+pipeline_config (configs; the per-camera pipeline keys), pipeline_child (`edge-agent run` as a
+child, MQTT receiver), pipeline_profile (cProfile per thread), pipeline_report (Markdown, PNG).
 """
 
 from __future__ import annotations
@@ -29,141 +31,35 @@ from pathlib import Path
 from typing import Any
 
 import cv2
-import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "bench"), str(ROOT)]  # _broker, and tests.streams' MJPEG camera
+import pipeline_config  # noqa: E402
 from _broker import start_broker  # noqa: E402
 from pipeline_child import Receiver, percentile, run_child  # noqa: E402
+from pipeline_config import (  # noqa: E402
+    CAM,
+    CAR,
+    MODELS,
+    PERSON,
+    SHARED,
+    THREADS,
+    config,
+    cut,
+    second_floor,
+    wiring_accepted,
+)
 from pipeline_profile import profiled_agent, summarize  # noqa: E402
 from pipeline_report import chart, markdown  # noqa: E402
 
 from edge_agent.config.loader import load_config  # noqa: E402
 from edge_agent.config.schema import ModelConfig  # noqa: E402
 from edge_agent.detect.detector import Detector  # noqa: E402
-from edge_agent.errors import UserError  # noqa: E402
 from edge_agent.preprocess import prepare  # noqa: E402
 from edge_agent.runtime import Agent  # noqa: E402
 from tests.streams import MjpegServer  # noqa: E402
 
-SHARED = Path(os.environ.get("EDGE_AGENT_SHARED", ROOT.parent / "shared"))
-VIDEOS = SHARED / "media" / "video"
-CAR, PERSON = VIDEOS / "car-detection.mp4", VIDEOS / "one-by-one-person-detection.mp4"
-MODELS = {
-    "ssd": (
-        "ssd_mobilenet_v1_coco_quant/detect.tflite",
-        "ssd_mobilenet_v1_coco_quant/labelmap.txt",
-    ),
-    "yolov8n": (
-        "yolov8n_coco_int8_640/yolov8n_full_integer_quant.tflite",
-        "yolov8n_coco_int8_640/coco80_labels.txt",
-    ),
-}
-THREADS = 2  # model.threads of every agent run, and the bare loop's interpreter threads
-CAM = "cam"
 QUICK_FRAMES = 100
-WORK = Path(tempfile.gettempdir())  # configs, outboxes and cut clips; main() uses a fresh one
-
-# ---- the per-camera pipeline keys (contract). The only place they appear: they are sent only
-# when the agent's schema accepts them (wiring_accepted), so the bench runs before and after.
-
-
-def camera_wiring(label: str, motion: bool | None) -> dict[str, Any]:
-    """Tracking on, one zone and one line, events on; `motion` None leaves the default."""
-    cam: dict[str, Any] = {
-        "track": {"enabled": True},
-        "zones": {
-            "area": {"polygon": [[0.1, 0.5], [0.9, 0.5], [0.9, 1.0], [0.1, 1.0]], "labels": [label]}
-        },
-        "lines": {"gate": {"points": [[0.0, 0.5], [1.0, 0.5]]}},
-        "events": {"publish_detections": True},
-    }
-    if motion is not None:
-        cam["motion"] = {"enabled": motion}
-    return cam
-
-
-RUNTIME_WIRING: dict[str, Any] = {"detect_workers": 1}
-
-
-def floor_keys(score: float, wired: bool) -> dict[str, Any]:
-    """Camera keys that make `score` the detector's score floor (the profile's second run):
-    the tracker's low boxes set the floor once tracking is on."""
-    keys: dict[str, Any] = {"detect": {"min_score": score}}
-    if wired:
-        keys["track"] = {"enabled": True, "low_score": score, "high_score": score,
-                         "new_track_score": score}  # fmt: skip
-    return keys
-
-
-def second_floor(wired: bool) -> float:
-    """The profile's second score floor: far from the first, so the box count differs a lot
-    (tracking keeps boxes down to 0.1; without it the floor is 0.5)."""
-    return 0.6 if wired else 0.1
-
-
-# ---- configs
-
-
-def config(
-    port: int,
-    model: str,
-    source: dict[str, Any],
-    wired: bool,
-    label: str = "car",
-    motion: bool | None = None,
-    floor: float | None = None,
-) -> Path:
-    """Write an agent config (one camera `cam`) to a fresh folder; returns its path."""
-    folder = Path(tempfile.mkdtemp(prefix="bench-pipeline-", dir=WORK))
-    path, labels = MODELS[model]
-    cam: dict[str, Any] = {"source": source}
-    if source["type"] == "rtsp":
-        cam["publish_empty"] = True  # a latency sample from every frame, not only busy ones
-    cfg: dict[str, Any] = {
-        "device_id": f"bench-{folder.name[-8:].replace('_', '-')}",
-        "mqtt": {"host": "127.0.0.1", "port": port, "topic_prefix": "edge"},
-        "model": {"path": str(SHARED / "models" / path), "labels": str(SHARED / "models" / labels)},
-        "cameras": {CAM: cam | (camera_wiring(label, motion) if wired else {})},
-        "outbox": {"path": str(folder / "outbox.db")},
-        "log": {"level": "warning", "format": "text"},
-    }
-    cfg["model"]["threads"] = THREADS
-    if floor is not None:
-        cfg["cameras"][CAM] |= floor_keys(floor, wired)
-    if wired:
-        cfg["runtime"] = dict(RUNTIME_WIRING)
-    (folder / "agent.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-    return folder / "agent.yaml"
-
-
-def wiring_accepted(port: int) -> bool:
-    """True when the agent's config schema takes the pipeline keys."""
-    try:
-        load_config(config(port, "ssd", {"type": "video", "path": str(CAR)}, True, motion=True))
-    except UserError as exc:
-        logging.warning("pipeline keys not accepted yet, running without them: %s", exc)
-        return False
-    return True
-
-
-def cut(clip: Path, frames: int) -> Path:
-    """The first `frames` frames of a clip as a new MP4 at the same frame rate (--quick)."""
-    cap = cv2.VideoCapture(str(clip))
-    fps = cap.get(cv2.CAP_PROP_FPS)
-    out = Path(tempfile.mkdtemp(prefix="bench-clip-", dir=WORK)) / clip.name
-    writer: Any = None
-    for _ in range(frames):
-        ok, image = cap.read()
-        if not ok:
-            break
-        if writer is None:
-            size = (image.shape[1], image.shape[0])
-            writer = cv2.VideoWriter(str(out), cv2.VideoWriter.fourcc(*"mp4v"), fps, size)
-        writer.write(image)
-    cap.release()
-    writer.release()
-    return out
 
 
 # ---- 1. throughput
@@ -231,10 +127,12 @@ def agent_run(cfg: Path) -> tuple[Run, dict[str, int]]:
     agent = Agent(load_config(cfg))
     agent.prepare()
     event, done = done_event(agent), []
-    watcher = threading.Thread(
-        target=lambda: event is not None and event.wait() and done.append(time.perf_counter()),
-        daemon=True,
-    )
+
+    def watch() -> None:
+        if event is not None and event.wait():
+            done.append(time.perf_counter())
+
+    watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
     wall, cpu = time.perf_counter(), time.process_time()
     code = agent.run()
@@ -374,9 +272,10 @@ def motion_runs(
             def get(name: str, c: dict[str, int] = counters) -> int | None:
                 return c.get(f"{name}.{CAM}", 0) if wired else None
 
+            still = get("frames.still")
             rows.append({
-                "clip": clip.name, "motion": motion, "frames": run.frames,
-                "detector_runs": get("detector.runs"), "still": get("frames.still"),
+                "clip": clip.name, "motion": motion, "frames": run.frames + (still or 0),
+                "detector_runs": get("detector.runs"), "still": still,
                 "cpu_s": run.cpu, "tracks": get("tracks.confirmed"), "events": get("events.new"),
             })  # fmt: skip
     return rows
@@ -404,7 +303,7 @@ def collect(args: argparse.Namespace, port: int) -> dict[str, Any]:
         "profile": lambda: profile_run(port, first, car, wired),
     }
     res: dict[str, Any] = {"motion_model": first}
-    took = {}
+    took, load = {}, [os.getloadavg()[0]]
     for name, part in parts.items():
         start = time.monotonic()
         res[name] = part()
@@ -412,7 +311,7 @@ def collect(args: argparse.Namespace, port: int) -> dict[str, Any]:
     frames = res["throughput"][first]["bare"][0].frames
     res["meta"] = {"clip": CAR.name, "frames": frames, "quick": args.quick, "reps": reps,
                    "wired": wired, "threads": THREADS, "cpus": os.cpu_count(),
-                   "took": took}  # fmt: skip
+                   "took": took, "load": [*load, os.getloadavg()[0]]}  # fmt: skip
     return res
 
 
@@ -425,11 +324,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    global WORK
     proc, port = start_broker()
     try:
         with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as work:
-            WORK = Path(work)
+            pipeline_config.WORK = Path(work)
             res = collect(args, port)
     finally:
         proc.terminate()

@@ -28,7 +28,7 @@ class Receiver:
         self.client.on_connect = lambda c, *_: c.subscribe(f"edge/{device}/#", qos=1)
         self.client.on_subscribe = lambda *_: self._ready.set()
         self.client.on_message = lambda _c, _u, m: self.messages.append(
-            (time.time(), m.topic, m.payload)
+            (time.time(), m.topic, bytes(m.payload))
         )
         self.client.connect("127.0.0.1", port)
         self.client.loop_start()

@@ -37,7 +37,7 @@ def profiled() -> Iterator[dict[str, cProfile.Profile]]:
         yield profiles
     finally:
         main.disable()
-        threading.setprofile(None)  # type: ignore[arg-type]
+        threading.setprofile(None)
 
 
 @dataclass
@@ -68,8 +68,8 @@ def profiled_agent(cfg: Path, camera: str, count_boxes: Callable[[float], int]) 
         p for n, p in profiles.items() if n != "MainThread" and not n.startswith(("mqtt", "paho"))
     ]
     return Profiled(
-        pstats.Stats(*profiles.values()),  # type: ignore[arg-type]
-        pstats.Stats(*on_path),  # type: ignore[arg-type]
+        pstats.Stats(*profiles.values()),
+        pstats.Stats(*on_path),
         sorted(profiles),
         frames,
         counters.get(f"detector.runs.{camera}", frames) or frames,
