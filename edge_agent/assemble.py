@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
 from edge_agent.camera.gate import GatedSink
 from edge_agent.camera.pipeline import CameraEnv, CameraPipeline
@@ -146,6 +146,3 @@ class Threads:
         for pipeline in self.pipelines.values():
             out.update(pipeline.counters())
         return out
-
-
-SubmitFactory = Callable[[], Submit]

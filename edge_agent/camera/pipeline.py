@@ -7,7 +7,7 @@ worker) -> objects -> track -> zones/lines -> classify -> events -> samples -> d
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from edge_agent.camera.events import EventBuilder
@@ -145,6 +145,3 @@ class CameraPipeline:
         }
         counts = {z: sum(n.values()) for z, n in self.zones.present_counts().items()}
         return totals, counts
-
-
-Publish = Callable[[OutMessage], None]
