@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "bench"), str(ROOT)]  # _broker, and tests.streams' MJPEG camera
 import pipeline_config  # noqa: E402
 from _broker import start_broker  # noqa: E402
-from pipeline_child import Receiver, percentile, run_child  # noqa: E402
+from pipeline_child import Receiver, evict_libraries, percentile, run_child  # noqa: E402
 from pipeline_config import (  # noqa: E402
     CAM,
     CAR,
@@ -166,17 +166,34 @@ def throughput(
 # ---- 2. peak RSS, 5. live latency (both run `edge-agent run` as a child)
 
 
-def peak_rss(port: int, model: str, clip: Path, wired: bool) -> dict[str, Any]:
-    """Peak RSS of one replay of the clip at full speed, one camera."""
+def peak_rss(port: int, model: str, clip: Path, wired: bool) -> list[dict[str, Any]]:
+    """Peak memory of one replay of the clip at full speed, one camera: first with the shared
+    libraries and the model read from disk (as after a boot), then again with them in the
+    page cache as the first run left them."""
     cfg = config(port, model, {"type": "video", "path": str(clip)}, wired)
-    sub = Receiver(port, load_config(cfg).config.device_id)
-    try:
-        rss = run_child(cfg)
-        time.sleep(0.2)  # the final stats message
-    finally:
-        sub.close()
-    frames = sub.last_counters().get(f"frames.processed.{CAM}", 0)
-    return {"model": model, "source": "replay", "rss_mib": rss / 1024, "frames": frames}
+    model_files = [p for p in (SHARED / "models").rglob("*") if p.is_file()]
+    rows = []
+    for cache in ("cold", "warm"):
+        if cache == "cold":
+            evict_libraries(model_files)
+        sub = Receiver(port, load_config(cfg).config.device_id)
+        try:
+            peak = run_child(cfg)
+            time.sleep(0.2)  # the final stats message
+        finally:
+            sub.close()
+        rows.append(
+            {
+                "model": model,
+                "source": "replay",
+                "page_cache": cache,
+                "rss_mib": peak.hwm / 1024,
+                "anon_mib": peak.anon / 1024,
+                "file_mib": peak.file / 1024,
+                "frames": sub.last_counters().get(f"frames.processed.{CAM}", 0),
+            }
+        )
+    return rows
 
 
 WARMUP = 1.0  # seconds after the first message: frames captured before its end are left out
@@ -194,7 +211,7 @@ def live_latency(
         cfg = config(port, model, {"type": "rtsp", "url": server.url}, wired, motion=motion)
         sub = Receiver(port, load_config(cfg).config.device_id)
         try:
-            rss = run_child(cfg, lambda: _window_over(sub, seconds))
+            peak = run_child(cfg, lambda: _window_over(sub, seconds))
             time.sleep(0.2)
         finally:
             sub.close()
@@ -215,7 +232,7 @@ def live_latency(
         "processed": counters.get(f"frames.processed.{CAM}", 0),
         "detector_runs": counters.get(f"detector.runs.{CAM}") if wired else None,
         **{f"p{q}": percentile(ms, q) for q in (50, 95, 99)},
-        "rss_mib": rss / 1024,
+        "rss_mib": peak.hwm / 1024,
     }
 
 
@@ -295,7 +312,7 @@ def collect(args: argparse.Namespace, port: int) -> dict[str, Any]:
     first = args.models[0]
     parts: dict[str, Callable[[], Any]] = {
         "throughput": lambda: throughput(port, args.models, car, reps, wired),
-        "rss": lambda: [peak_rss(port, m, car, wired) for m in args.models],
+        "rss": lambda: [row for m in args.models for row in peak_rss(port, m, car, wired)],
         "latency": lambda: [
             live_latency(port, m, car, seconds, wired, g) for m in args.models for g in gates
         ],

@@ -18,6 +18,7 @@ from edge_agent.config.loader import LoadedConfig, load_config
 from edge_agent.entry import record_signals
 from edge_agent.errors import UserError
 from edge_agent.logs import setup_logging
+from edge_agent.memory import tune_allocator
 from edge_agent.redact import Redactor
 
 if TYPE_CHECKING:
@@ -112,6 +113,7 @@ def _quiet_native_logs(level: str) -> None:
 
 def _run(args: argparse.Namespace, redactor: Redactor, early: list[int]) -> int:
     loaded = load_config(args.config)
+    tune_allocator()
     _quiet_native_logs(args.log_level or loaded.config.log.level)
     from edge_agent.runtime import Agent
 

@@ -16,7 +16,8 @@ class Frame:
     """One captured frame.
 
     index: 0-based position in the source (frame number for video, sorted position for images).
-    ts: capture time, epoch seconds; for replay sources the run start plus the position in the file.
+    ts: capture time, epoch seconds; for replay sources the run start plus the position in the
+    file (realtime replay: the time the frame is released).
     image: HxWx3 uint8 BGR pixels.
     """
 

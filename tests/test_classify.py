@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -9,6 +10,13 @@ import cv2
 import numpy as np
 import pytest
 
+from edge_agent.camera.pipeline import CameraEnv, CameraPipeline
+from edge_agent.config.schema import CameraConfig
+from edge_agent.core.detections import Detections
+from edge_agent.detect.classifier import Classifier
+from edge_agent.health import Counters
+from edge_agent.publish.payloads import Topics
+from edge_agent.types import Frame
 from tests.helpers import (
     IMAGES,
     SSD,
@@ -119,3 +127,77 @@ def test_classifier_not_a_model(tmp: Path) -> None:
     (tmp / "x.tflite").write_text("nope")
     err = _run_error(tmp, {"model": str(tmp / "x.tflite")})
     assert "cameras.stills.classify.model" in err and "not a TFLite model" in err
+
+
+# ---- once per track: the real (generated) classifier behind a camera's steps, counted
+
+
+def _steps(tmp: Path, track: bool, refresh: float) -> tuple[Any, Counters]:
+    model, labels = _classifier(tmp)
+    cam = CameraConfig.model_validate(
+        {
+            "source": {"type": "images", "path": str(tmp)},
+            "track": {"enabled": track},
+            "classify": {"model": str(model), "labels": str(labels), "refresh": refresh},
+            "events": {"publish_detections": True},
+        }
+    )
+    assert cam.classify is not None
+    counters = Counters()
+    env = CameraEnv("dev", "m.tflite", ["person", "car"], Topics("edge", "dev"), 1, counters)
+    return CameraPipeline("cam", cam, env, Classifier(cam.classify)), counters
+
+
+def _walk(pipeline: Any, frames: int, fps: float, present: Any) -> list[list[dict[str, Any]]]:
+    """One red person walking right; detections payload boxes of every frame."""
+    image = np.zeros((240, 320, 3), np.uint8)
+    image[:, :, 2] = 200
+    out = []
+    for i in range(frames):
+        if i in present:
+            x = 0.1 + 0.002 * i
+            raw = Detections(
+                np.array([[x, 0.2, x + 0.2, 0.8]], np.float32),
+                np.array([0.9], np.float32),
+                np.array([0], np.int64),
+            )
+        else:
+            raw = Detections()
+        ctx = pipeline.process(Frame("cam", i, 1000.0 + i / fps, image), raw, 1.0)
+        out.append(
+            [
+                b
+                for m in ctx.out
+                if m.topic.endswith("/detections")
+                for b in json.loads(m.payload)["detections"]
+            ]
+        )
+    return out
+
+
+@pytest.mark.parametrize(
+    ("track", "refresh", "frames", "present", "runs"),
+    [
+        # Confirmed at frame 9 (a full median window), then every refresh seconds of frame time.
+        (True, 10.0, 150, range(150), 2),  # frames 9 and 109
+        (True, 5.0, 150, range(150), 3),  # 9, 59, 109
+        (True, 10.0, 30, range(30), 1),
+        # The person leaves (track ends after its buffer) and comes back: a new track, a new run.
+        (True, 100.0, 200, [*range(40), *range(150, 200)], 2),
+        # Without tracking there is no identity to cache by: every frame.
+        (False, 10.0, 30, range(30), 30),
+    ],
+    ids=["refresh-10s", "refresh-5s", "short", "new-track", "untracked"],
+)
+def test_classified_once_per_track_then_every_refresh(
+    tmp: Path, track: bool, refresh: float, frames: int, present: Any, runs: int
+) -> None:
+    pipeline, counters = _steps(tmp, track, refresh)
+    boxes = _walk(pipeline, frames, 10.0, present)
+    assert counters.get("classify.runs.cam") == runs
+    # Every box published once its track is confirmed carries the (cached) result.
+    tracked = [b for frame in boxes for b in frame if b.get("tracker_id") is not None]
+    if track:
+        assert tracked
+    labelled = tracked if track else [b for frame in boxes for b in frame]
+    assert all(b["classification"]["label"] == "reddish" for b in labelled)

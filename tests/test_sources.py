@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 import types
 from pathlib import Path
 from typing import Any, ClassVar
@@ -28,6 +29,32 @@ def test_video_replay_indices_and_timestamps() -> None:
     assert [f.index for f in frames if f] == list(range(25))
     assert [f.ts for f in frames if f] == pytest.approx([1000.0 + i / 10 for i in range(25)])
     assert frames[0] is not None and frames[0].image.shape == (432, 768, 3)
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        {"type": "video", "path": str(VIDEO), "realtime": True},
+        {"type": "images", "path": str(IMAGES), "fps": 10, "realtime": True},
+    ],
+    ids=["video", "images"],
+)
+def test_realtime_replay_clock_starts_at_first_frame(source: dict[str, Any]) -> None:
+    """A realtime replay's clock starts when frames are first read, not at open (the model
+    loads in between): no burst of overdue frames, and `ts` is the release time."""
+    opened = time.time()
+    src = create_source("r", _camera(source), start_ts=opened)
+    src.open()
+    time.sleep(1.0)  # a model loading
+    first = time.time()
+    frames = [src.read() for _ in range(4)]
+    src.close()
+    assert all(f is not None for f in frames)
+    took = time.time() - first
+    assert took >= 0.29  # 4 frames at 10 fps: paced, not released at once
+    assert frames[0] is not None and frames[-1] is not None
+    assert frames[0].ts == pytest.approx(first, abs=0.25)
+    assert frames[-1].ts - frames[0].ts == pytest.approx(0.3, abs=1e-6)
 
 
 def test_video_loop_restarts() -> None:

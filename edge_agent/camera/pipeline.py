@@ -82,7 +82,7 @@ class CameraPipeline:
                 steps.append(ZonesStep(self.zones))
         sub_labels: Sequence[str] = ()
         if classifier is not None and cam.classify is not None:
-            steps.append(ClassifyStep(classifier, cam.classify, env.labels))
+            steps.append(ClassifyStep(classifier, cam.classify, env.labels, env.counters, name))
             sub_labels = classifier.labels
         if self.tracker is not None:
             self.events = EventBuilder(

@@ -98,12 +98,22 @@ class ZonesStep:
 
 
 class ClassifyStep:
-    """`classify:`: a second model on the crop of each reported box of the wanted labels,
-    once per track and again every `refresh` seconds (untracked boxes every frame)."""
+    """`classify:`: a second model on the crop of each reported box of the wanted labels:
+    with tracking, once per confirmed track and again every `refresh` seconds; without it,
+    on every frame."""
 
-    def __init__(self, classifier: Classifier, cfg: ClassifyConfig, labels: Sequence[str]):
+    def __init__(
+        self,
+        classifier: Classifier,
+        cfg: ClassifyConfig,
+        labels: Sequence[str],
+        counters: Counters,
+        camera: str,
+    ) -> None:
         self.classifier = classifier
         self.cfg = cfg
+        self.counters = counters
+        self._runs = f"classify.runs.{camera}"  # the second model's invocations (CPU cost)
         wanted = cfg.on_labels
         self.wanted = np.array([wanted is None or lab in wanted for lab in labels] + [False])
         self.sub_index = {lab: i for i, lab in enumerate(classifier.labels)}
@@ -116,12 +126,18 @@ class ClassifyStep:
         rows = np.where((dets.class_id >= 0) & (dets.class_id < last), dets.class_id, last)
         sub_id = np.full(len(dets), -1, np.int64)
         sub_score = np.zeros(len(dets), np.float32)
-        for i in np.flatnonzero(ctx.reported & self.wanted[rows]):
+        due = ctx.reported & self.wanted[rows]
+        if ctx.track is not None:
+            # Tracking on: only confirmed tracks are classified (once, then every refresh); a
+            # box of a track not confirmed yet would cost one run per frame until it is.
+            due &= dets.tracked != NO_TRACK
+        for i in np.flatnonzero(due):
             tid = int(dets.tracked[i])
             cached = self._cache.get(tid) if tid != NO_TRACK else None
             if cached is None or ts - cached[0] >= self.cfg.refresh:
                 box = tuple(float(v) for v in dets.xyxy[i])
                 label, score = self.classifier.top(ctx.frame.image, box)  # type: ignore[arg-type]
+                self.counters.inc(self._runs)
                 result = (label, score) if score >= self.cfg.min_score else None
                 if tid != NO_TRACK:
                     self._cache[tid] = (ts, result)

@@ -36,17 +36,28 @@ DAMAGE_LOG_INTERVAL = 10.0  # seconds between damage warnings of one camera
 
 
 class _Pacer:
-    """Sleeps so frame i is released at start + i / fps (realtime replay)."""
+    """Sleeps so frame i is released at start + i / fps (realtime replay). The clock starts
+    at the first frame read, not at open: loading the model and connecting take seconds, and
+    a clock started earlier would release a burst of overdue frames with timestamps in the
+    past."""
 
     def __init__(self, fps: float) -> None:
         self.fps = fps
-        self.start = time.monotonic()
+        self.start: float | None = None  # monotonic time of frame 0
+        self.wall = 0.0  # epoch time of frame 0
 
     def wait(self, index: int) -> None:
-        """Sleep until frame `index` is due."""
+        """Sleep until frame `index` is due (the first call starts the clock)."""
+        if self.start is None:
+            offset = index / self.fps  # a resumed or looped source keeps its numbering
+            self.start, self.wall = time.monotonic() - offset, time.time() - offset
         delay = self.start + index / self.fps - time.monotonic()
         if delay > 0:
             time.sleep(delay)
+
+    def ts(self, index: int) -> float:
+        """Epoch time at which frame `index` is released."""
+        return self.wall + index / self.fps
 
 
 class _DamageLog:
@@ -192,12 +203,8 @@ class VideoFileSource:
         self._next = index + 1
         if self._pacer is not None:
             self._pacer.wait(index)
-        return Frame(
-            self.camera,
-            index,
-            self.start_ts + index / self._fps,
-            np.asarray(image, np.uint8),
-        )
+        ts = self._pacer.ts(index) if self._pacer is not None else self.start_ts + index / self._fps
+        return Frame(self.camera, index, ts, np.asarray(image, np.uint8))
 
     def _recover(
         self, cap: cv2.VideoCapture, ok: bool, image: cv2.typing.MatLike
@@ -372,7 +379,9 @@ class ImageFolderSource:
                 continue
             if self._pacer is not None:
                 self._pacer.wait(index)
-            return Frame(self.camera, index, self.start_ts + index / self.cfg.fps, image)
+            pacer = self._pacer
+            ts = pacer.ts(index) if pacer is not None else self.start_ts + index / self.cfg.fps
+            return Frame(self.camera, index, ts, image)
         if files and self.cfg.loop:
             log.error(
                 "camera %s: no readable image in %s; replay ended", self.camera, self.cfg.path
