@@ -16,6 +16,7 @@ from edge_agent.config.schema import AgentConfig
 from edge_agent.detect.classifier import Classifier
 from edge_agent.detect.detector import Detector
 from edge_agent.pipeline import FrameSlot
+from edge_agent.sampling.privacy import FaceFinder
 from edge_agent.sources import FrameSource
 from edge_agent.workers import (
     DetectWorker,
@@ -44,6 +45,7 @@ class Threads:
         classifiers: Mapping[str, Classifier | None],
         submit: Submit,
         writers: Mapping[str, FrameWriter] | None = None,
+        faces: Mapping[str, FaceFinder | None] | None = None,
     ) -> None:
         self.cfg = cfg
         self.env = env
@@ -58,7 +60,9 @@ class Threads:
         posts: dict[str, PostQueue] = {}
         writers = writers or {}
         for name, cam in cfg.cameras.items():
-            self.pipelines[name] = CameraPipeline(name, cam, env, classifiers.get(name))
+            self.pipelines[name] = CameraPipeline(
+                name, cam, env, classifiers.get(name), (faces or {}).get(name)
+            )
             self.slots[name] = FrameSlot(
                 name, cam.live, cfg.runtime.queue_size, env.counters, self.wake
             )

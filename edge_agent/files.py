@@ -4,6 +4,7 @@ the agent forever (opening a FIFO for reading waits for a writer, reading a devi
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
 from pathlib import Path
@@ -49,3 +50,12 @@ def check_regular(path: Path) -> None:
     mode = os.stat(path).st_mode
     if not stat.S_ISREG(mode):
         raise NotRegularFile(path, mode)
+
+
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file's bytes, read in blocks (models are megabytes)."""
+    digest = hashlib.sha256()
+    with open_regular(path) as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()

@@ -26,11 +26,13 @@ from edge_agent.config.schema import CameraConfig
 from edge_agent.detect.classifier import Classifier
 from edge_agent.detect.detector import Detector
 from edge_agent.errors import ConfigError, SourceError, UserError
+from edge_agent.files import file_sha256
 from edge_agent.health import Counters
 from edge_agent.publish.mqtt import MqttPublisher
 from edge_agent.publish.outbox import Outbox
 from edge_agent.publish.outbox_open import OutboxError, open_outbox
 from edge_agent.publish.payloads import camera_state_message, stats_message
+from edge_agent.sampling.privacy import FaceFinder, ModelFaces
 from edge_agent.sources import FrameSource, create_source
 from edge_agent.supervisor import CameraRunner, CameraStatus
 
@@ -75,6 +77,7 @@ class Agent:
         for detector in detectors:
             detector.min_score = floor
         classifiers = {name: self._classifier(name, cam) for name, cam in cfg.cameras.items()}
+        faces = {name: self._faces(name, cam) for name, cam in cfg.cameras.items()}
         for name, cam in cfg.cameras.items():
             self.sources[name] = self._source(name, cam)
         self.outbox = self._outbox()
@@ -86,9 +89,10 @@ class Agent:
             self.publisher.topics,
             cfg.mqtt.qos,
             self.counters,
+            file_sha256(cfg.model.path),
         )
         self.threads = Threads(
-            cfg, env, detectors, classifiers, self.publisher.submit, self._writers()
+            cfg, env, detectors, classifiers, self.publisher.submit, self._writers(), faces
         )
 
     def _detector(self) -> Detector:
@@ -136,6 +140,16 @@ class Agent:
         except UserError as exc:
             key = "labels" if exc.where == str(cam.classify.labels) else "model"
             where = self.loaded.where("cameras", name, "classify", key)
+            raise type(exc)(exc.message, where=f"{where}: {exc.where}") from None
+
+    def _faces(self, name: str, cam: CameraConfig) -> FaceFinder | None:
+        blur = cam.samples.privacy.blur_faces
+        if not cam.samples.enabled or blur is None:
+            return None
+        try:
+            return ModelFaces(blur)
+        except UserError as exc:
+            where = self.loaded.where("cameras", name, "samples", "privacy", "blur_faces", "model")
             raise type(exc)(exc.message, where=f"{where}: {exc.where}") from None
 
     def _outbox(self) -> Outbox:

@@ -19,7 +19,9 @@ from edge_agent.core.detections import Detections
 from edge_agent.detect.detector import Detector
 from edge_agent.health import Counters
 from edge_agent.pipeline import FrameSlot, Job
-from edge_agent.publish.payloads import OutMessage, SampleJob, Topics, sample_message
+from edge_agent.publish.payloads import OutMessage, Topics
+from edge_agent.sampling.encode import EmptyCrops, SampleJob, sample_message
+from edge_agent.sampling.privacy import PrivacyError
 
 log = logging.getLogger(__name__)
 
@@ -203,11 +205,10 @@ class SampleEncoder:
 
     def put(self, job: SampleJob, wait: bool) -> None:
         """Queue a sample; when full, wait (replay) or drop it and count why (live)."""
-        camera = job.head["camera"]
         try:
             self._queue.put(job, block=wait)
         except queue.Full:
-            self.counters.inc(f"samples.dropped.encoder_busy.{camera}")
+            self.counters.inc(f"samples.skipped.encoder_busy.{job.camera}")
 
     def close(self, timeout: float) -> None:
         """Encode what is queued, then end the thread (bounded by timeout)."""
@@ -230,13 +231,26 @@ class SampleEncoder:
                 continue
             if job is None:
                 return
-            camera = job.head["camera"]
-            try:
-                self.submit(sample_message(self.topics, job))
-                self.counters.inc(f"samples.published.{camera}")
-            except Exception:
-                self.counters.inc(f"samples.errors.{camera}")
-                log.exception("camera %s: sample encoding failed", camera)
+            self._encode(job)
+
+    def _encode(self, job: SampleJob) -> None:
+        camera = job.camera
+        try:
+            message = sample_message(self.topics, job)
+        except PrivacyError as exc:
+            # Never sent as is: a sample that cannot be made private is dropped.
+            self.counters.inc(f"samples.skipped.privacy_failed.{camera}")
+            log.warning("camera %s: sample dropped: %s", camera, exc)
+            return
+        except EmptyCrops:
+            self.counters.inc(f"samples.skipped.no_crops.{camera}")
+            return
+        except Exception:
+            self.counters.inc(f"samples.errors.{camera}")
+            log.exception("camera %s: sample encoding failed", camera)
+            return
+        self.submit(message)
+        self.counters.inc(f"samples.published.{camera}")
 
 
 def start_all(threads: Sequence[threading.Thread]) -> None:

@@ -144,7 +144,9 @@ def _steps(tmp: Path, track: bool, refresh: float) -> tuple[Any, Counters]:
     )
     assert cam.classify is not None
     counters = Counters()
-    env = CameraEnv("dev", "m.tflite", ["person", "car"], Topics("edge", "dev"), 1, counters)
+    env = CameraEnv(
+        "dev", "m.tflite", ["person", "car"], Topics("edge", "dev"), 1, counters, "0" * 64
+    )
     return CameraPipeline("cam", cam, env, Classifier(cam.classify)), counters
 
 

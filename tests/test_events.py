@@ -21,15 +21,17 @@ from edge_agent.core.detections import NO_TRACK, Detections
 from edge_agent.detect.detector import Detector
 from edge_agent.publish.payloads import (
     OutMessage,
-    SampleJob,
     Topics,
     boxes_json,
     camera_state_message,
     detection_message,
     header,
-    sample_message,
     stats_message,
 )
+from edge_agent.sampling.config import Privacy
+from edge_agent.sampling.encode import sample_job, sample_message
+from edge_agent.sampling.privacy import PrivacyFilter
+from edge_agent.sampling.select import Chosen, FrameView
 from edge_agent.track import Tracker, TrackUpdate
 from edge_agent.track.config import TrackConfig
 from edge_agent.track.tracks import Track, new_track, record_hit
@@ -423,17 +425,27 @@ def _head() -> dict[str, Any]:
     return header("dev-1", "m.tflite", FRAME, 8.4)
 
 
+def _sample(mode: str, with_track: bool) -> OutMessage:
+    """A v2 samples message through the real job -> privacy -> encode path."""
+    track = None
+    if with_track:
+        track = new_track(TrackConfig(), (0.1, 0.2, 0.3, 0.4), 999.0, 2)
+        record_hit(track, TrackConfig(), ((0.1, 0.2, 0.3, 0.4), 0.4, CAR), 1000.25, 7, 0.7)
+        track.id = 3
+    view = FrameView(FRAME, DETS, np.ones(2, np.bool_), _head())
+    chosen = Chosen(view, ["false_positive_track"] if with_track else ["random"], track, 0xABC)
+    privacy = PrivacyFilter(Privacy(mode=mode, masks=[[(0, 0), (0.5, 0), (0.5, 0.5)]]), None)
+    job = sample_job(chosen, _boxes(), "ab" * 32, LABELS, privacy, (64, 80, 1))
+    return sample_message(TOPICS, job)
+
+
 @pytest.mark.parametrize(
     ("name", "message"),
     [
         ("detections", lambda: detection_message(TOPICS, _head(), _boxes(), 1)),
         ("detections", lambda: detection_message(TOPICS, _head(), _boxes(Detections()), 0)),
-        (
-            "samples",
-            lambda: sample_message(
-                TOPICS, SampleJob(_head(), "low_confidence", _boxes(), FRAME.image, 64, 80, 1)
-            ),
-        ),
+        ("samples", lambda: _sample("full", with_track=False)),
+        ("samples", lambda: _sample("crops", with_track=True)),
         (
             "stats",
             lambda: stats_message(

@@ -1,4 +1,5 @@
-"""Acceptance: low-confidence samples arrive, decode, match the reference, and obey the budget."""
+"""Low-confidence samples from the first release's keys (`min_score`, `max_score`,
+`max_per_minute`): they arrive, decode, match the reference, and obey the budget."""
 
 from __future__ import annotations
 
@@ -45,6 +46,8 @@ def published(broker: Broker, tmp_path_factory: pytest.TempPathFactory) -> dict[
                     "max_per_minute": PER_MINUTE,
                     "max_side": 640,
                     "jpeg_quality": 90,
+                    "floor": BAND[0],
+                    "dedup": {"enabled": False},  # the budget rule alone (dedup: test_sampling)
                 },
             },
         },
@@ -81,7 +84,7 @@ def test_samples_arrive_with_reason_and_header(published: dict[str, Any]) -> Non
     samples = published["samples"]
     assert len(samples) >= PER_MINUTE  # the 139 s clip spans three budget windows
     for body in samples:
-        assert body["reason"] == "low_confidence"
+        assert body["reasons"] == ["low_confidence"] and body["v"] == 2
         assert body["camera"] == "lobby" and body["device_id"] == "samples-1"
         assert (body["width"], body["height"]) == (768, 432)
 

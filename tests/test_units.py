@@ -21,7 +21,8 @@ from edge_agent.health import Counters
 from edge_agent.pipeline import END, FrameSlot
 from edge_agent.postprocess import Decoded, nms
 from edge_agent.preprocess import InputPlan, Transform, prepare
-from edge_agent.sampling import LowConfidenceSampler, RateLimit
+from edge_agent.sampling.budget import Window
+from edge_agent.sampling.select import FrameView, Selector
 from edge_agent.types import Frame
 
 
@@ -80,14 +81,21 @@ def test_fit_labels_mismatch(labels: list[str], count: int) -> None:
         fit_labels(labels, count, "labels.txt")
 
 
+def _allow(window: Window, ts: float) -> bool:
+    if window.allows(ts):
+        window.take(ts)
+        return True
+    return False
+
+
 def test_rate_limit_sliding_window() -> None:
-    limit = RateLimit(2)
-    decisions = [limit.allow(t) for t in (0.0, 10.0, 20.0, 59.9, 60.0, 61.0, 70.0)]
+    limit = Window(60.0, 2)
+    decisions = [_allow(limit, t) for t in (0.0, 10.0, 20.0, 59.9, 60.0, 61.0, 70.0)]
     assert decisions == [True, True, False, False, True, False, True]
 
 
 def test_rate_limit_zero_allows_nothing() -> None:
-    assert not RateLimit(0).allow(0.0)
+    assert not Window(60.0, 0).allows(0.0)
 
 
 LABELS = ["person", "car", "dog"]
@@ -173,11 +181,13 @@ def test_sampler_trigger(
     dets: list[tuple[str, float]], labels: list[str] | None, sampled: bool
 ) -> None:
     objects = ObjectFilter(DetectConfig(labels=labels).to_objects(), LABELS, None, 0.5)
-    sampler = LowConfidenceSampler(SamplesConfig(enabled=True), objects.allowed)
-    chosen = sampler.select(_dets(*dets), 0.0)
-    assert (chosen is not None) == sampled
-    if chosen is not None:  # all raw detections above min_score travel with the sample
-        assert chosen.score.tolist() == pytest.approx([s for _, s in dets if s >= 0.3])
+    selector = Selector(SamplesConfig(enabled=True), "cam", LABELS, objects.allowed, Counters())
+    raw = _dets(*dets)
+    frame = Frame("cam", 0, 0.0, np.zeros((8, 8, 3), np.uint8))
+    chosen = selector(FrameView(frame, raw, np.zeros(len(raw), np.bool_), {}))
+    assert bool(chosen) == sampled
+    if chosen:
+        assert chosen[0].reasons == ["low_confidence"] and chosen[0].track is None
 
 
 def test_replay_slot_blocks_and_keeps_order() -> None:

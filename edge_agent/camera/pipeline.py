@@ -30,6 +30,7 @@ from edge_agent.core.detections import Detections
 from edge_agent.detect.classifier import Classifier
 from edge_agent.health import Counters
 from edge_agent.publish.payloads import OutMessage, Topics, detection_message
+from edge_agent.sampling.privacy import FaceFinder, PrivacyFilter
 from edge_agent.track.bytetrack import Tracker
 from edge_agent.types import Frame
 
@@ -44,6 +45,7 @@ class CameraEnv:
     topics: Topics
     qos: int
     counters: Counters
+    model_sha256: str
 
 
 def detector_floor(cam: CameraConfig, labels: Sequence[str]) -> float:
@@ -52,7 +54,7 @@ def detector_floor(cam: CameraConfig, labels: Sequence[str]) -> float:
     objects = _objects(cam, labels)
     floor = objects.floor
     if cam.samples.enabled:
-        floor = min(floor, cam.samples.min_score)
+        floor = min(floor, cam.samples.needs_floor)
     return floor
 
 
@@ -66,7 +68,12 @@ class CameraPipeline:
     """The steps of one camera after detection. Owned by that camera's thread only."""
 
     def __init__(
-        self, name: str, cam: CameraConfig, env: CameraEnv, classifier: Classifier | None
+        self,
+        name: str,
+        cam: CameraConfig,
+        env: CameraEnv,
+        classifier: Classifier | None,
+        faces: FaceFinder | None = None,
     ) -> None:
         self.name, self.cam, self.env = name, cam, env
         self.objects = _objects(cam, env.labels)
@@ -90,7 +97,8 @@ class CameraPipeline:
             )
             steps.append(EventsStep(self.events))
         if cam.samples.enabled:
-            steps.append(SamplesStep(cam.samples, self.objects, env.labels, env.counters, env.qos))
+            privacy = PrivacyFilter(cam.samples.privacy, faces)
+            steps.append(SamplesStep(cam.samples, name, self.objects, env, privacy))
         if cam.events.publish_detections:
             steps.append(
                 DetectionsStep(self._detections_message, env.labels, sub_labels, cam.publish_empty)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -16,12 +16,15 @@ import numpy.typing as npt
 from edge_agent.camera.events import EventBuilder, SubLabel
 from edge_agent.camera.objects import ObjectFilter
 from edge_agent.camera.zones import ZoneLineState, ZoneUpdate
-from edge_agent.config.schema import ClassifyConfig, SamplesConfig
+from edge_agent.config.schema import ClassifyConfig
 from edge_agent.core.detections import NO_TRACK, Detections
 from edge_agent.detect.classifier import Classifier
 from edge_agent.health import Counters
-from edge_agent.publish.payloads import OutMessage, SampleJob, boxes_json, header
-from edge_agent.sampling import LowConfidenceSampler
+from edge_agent.publish.payloads import OutMessage, boxes_json, header
+from edge_agent.sampling.config import SamplesConfig
+from edge_agent.sampling.encode import SampleJob, sample_job
+from edge_agent.sampling.privacy import PrivacyFilter
+from edge_agent.sampling.select import FrameView, Selector
 from edge_agent.track.bytetrack import Tracker, TrackUpdate
 from edge_agent.types import Frame
 
@@ -55,6 +58,26 @@ class FrameContext:
 Step = Callable[[FrameContext], None]
 
 
+class SamplesEnv(Protocol):
+    """What the samples step reads of the camera's environment."""
+
+    @property
+    def labels(self) -> Sequence[str]:
+        """The model's labels."""
+
+    @property
+    def counters(self) -> Counters:
+        """The agent's counters."""
+
+    @property
+    def model_sha256(self) -> str:
+        """sha256 of the model file."""
+
+    @property
+    def qos(self) -> int:
+        """MQTT QoS of the camera's messages."""
+
+
 class FilterStep:
     """`objects:` and `object_masks:`: drop what the camera does not want."""
 
@@ -63,7 +86,10 @@ class FilterStep:
 
     def __call__(self, ctx: FrameContext) -> None:
         """Filter `raw` into `dets` and mark what is reported."""
-        result = self.objects.apply(ctx.raw)
+        raw = ctx.raw
+        # The raw index survives filtering and tracking: samples map tracker ids back to
+        # every raw box of the frame.
+        result = self.objects.apply(raw.with_data(raw_index=np.arange(len(raw))))
         ctx.dets, ctx.reported = result.kept, result.reported
 
 
@@ -168,44 +194,41 @@ class EventsStep:
 
 
 class SamplesStep:
-    """`samples:`: frames with uncertain detections, under a budget, for relabeling."""
+    """`samples:`: frames worth labeling, chosen by the strategies within their budgets;
+    privacy and JPEG encoding happen later, on the encoder thread."""
 
     def __init__(
         self,
         cfg: SamplesConfig,
+        camera: str,
         objects: ObjectFilter,
-        labels: Sequence[str],
-        counters: Counters,
-        qos: int,
+        env: SamplesEnv,
+        privacy: PrivacyFilter,
     ) -> None:
         self.cfg = cfg
-        self.sampler = LowConfidenceSampler(cfg, objects.allowed)
-        self.labels = labels
-        self.counters = counters
-        self.qos = qos
+        self.labels = list(env.labels)
+        self.selector = Selector(cfg, camera, env.labels, objects.allowed, env.counters)
+        self.objects = objects
+        self.sha = env.model_sha256
+        self.privacy = privacy
+        self.settings = (cfg.max_side, cfg.jpeg_quality, env.qos)
 
     def __call__(self, ctx: FrameContext) -> None:
-        """Queue the frame for encoding when it qualifies and the budget allows."""
-        if not self.sampler.candidate(ctx.raw):
-            return
-        chosen = self.sampler.select(ctx.raw, ctx.frame.ts)
-        camera = ctx.frame.camera
-        if chosen is None:
-            self.counters.inc(f"samples.rate_limited.{camera}")
-            return
-        cfg = self.cfg
-        boxes = boxes_json(chosen, self.labels)
-        ctx.samples.append(
-            SampleJob(
-                ctx.head,
-                self.sampler.reason,
-                boxes,
-                ctx.frame.image,
-                cfg.max_side,
-                cfg.jpeg_quality,
-                self.qos,
+        """Queue the samples this frame yields."""
+        raw = ctx.raw
+        keep = raw.score >= self.cfg.floor
+        tids = np.full(len(raw), NO_TRACK, np.int64)
+        index = ctx.dets.data.get("raw_index")
+        if index is not None and ctx.dets.tracker_id is not None:
+            tids[index.astype(np.intp)] = ctx.dets.tracker_id
+        raw = raw.with_tracker_id(tids)[keep]
+        reported = raw.score >= self.objects.min_score[self.objects.rows(raw.class_id)]
+        view = FrameView(ctx.frame, raw, reported, ctx.head, ctx.track, ctx.sub_labels)
+        for chosen in self.selector(view):
+            boxes = boxes_json(chosen.view.raw, self.labels)
+            ctx.samples.append(
+                sample_job(chosen, boxes, self.sha, self.labels, self.privacy, self.settings)
             )
-        )
 
 
 class DetectionsStep:

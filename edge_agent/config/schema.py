@@ -37,6 +37,7 @@ from edge_agent.config.values import (
     TopicSegment,
     bounded,
 )
+from edge_agent.sampling.config import SamplesConfig as SamplesConfig
 from edge_agent.track.config import TrackConfig
 
 
@@ -217,23 +218,6 @@ SourceConfig = Annotated[
     VideoSource | ImagesSource | V4l2Source | RtspSource | Picamera2Source,
     Field(discriminator="type"),
 ]
-
-
-class SamplesConfig(Strict):
-    """Low-confidence frames published for relabeling."""
-
-    enabled: bool = False
-    min_score: float = Field(0.3, ge=0, le=1)
-    max_score: float = Field(0.5, ge=0, le=1)
-    max_per_minute: int = Field(6, ge=0, le=60000)  # 1000 per second: no limit in practice
-    jpeg_quality: int = Field(85, ge=1, le=100)
-    max_side: int = Field(1280, ge=16, le=MAX_PIXELS)
-
-    @model_validator(mode="after")
-    def _band(self) -> SamplesConfig:
-        if self.min_score >= self.max_score:
-            raise ValueError("min_score must be below max_score")
-        return self
 
 
 class ClassifyConfig(Strict):

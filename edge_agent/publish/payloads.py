@@ -6,7 +6,7 @@ import base64
 import json
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import cv2
@@ -151,33 +151,6 @@ def jpeg(image: Image, max_side: int, quality: int) -> tuple[bytes, int, int]:
     return buf.tobytes(), width, height
 
 
-@dataclass(frozen=True)
-class SampleJob:
-    """A sample chosen on the camera's thread, encoded later on the encoder thread."""
-
-    head: dict[str, Any]
-    reason: str
-    boxes: list[dict[str, Any]]
-    image: Image = field(repr=False)
-    max_side: int
-    quality: int
-    qos: int
-
-
-def sample_message(topics: Topics, job: SampleJob) -> OutMessage:
-    """The `<camera>/samples` message: header, reason, detections and the JPEG frame."""
-    data, width, height = jpeg(job.image, job.max_side, job.quality)
-    body = {**job.head, "reason": job.reason, "detections": job.boxes}
-    body["image"] = {
-        "format": "jpeg",
-        "width": width,
-        "height": height,
-        "data": base64.b64encode(data).decode("ascii"),
-    }
-    topic = topics.samples(job.head["camera"])
-    return OutMessage(body["id"], topic, _encode(body), "samples", job.qos)
-
-
 def stats_message(
     topics: Topics,
     device_id: str,
@@ -216,24 +189,32 @@ _SHRINK_MIN_SIDE = 96
 
 
 def shrink_sample(msg: OutMessage, max_payload: int) -> OutMessage | None:
-    """The same sample (same id) re-encoded to fit in max_payload bytes, or None if it cannot."""
+    """The same sample (same id) re-encoded to fit in max_payload bytes, or None if it cannot.
+    Every picture in it (the image, or each crop) is scaled by the same factor."""
     try:
         body = json.loads(msg.payload)
-        image = body["image"]
-        data = base64.b64decode(image["data"])
-        decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        parts = [body["image"]] if "image" in body else list(body["crops"])
+        pixels = [_decoded(part) for part in parts]
     except (ValueError, KeyError, TypeError):
         return None
-    if decoded is None:
+    images = [p for p in pixels if p is not None]
+    if not parts or len(images) != len(parts):
         return None
-    pixels = np.asarray(decoded, np.uint8)
-    side = max(pixels.shape[:2])
-    while side >= _SHRINK_MIN_SIDE:
+    scale = 1.0
+    while max(max(p.shape[:2]) for p in images) * scale >= _SHRINK_MIN_SIDE:
         for quality in _SHRINK_QUALITIES:
-            jpg, width, height = jpeg(pixels, side, quality)
-            image.update(width=width, height=height, data=base64.b64encode(jpg).decode("ascii"))
+            for part, image in zip(parts, images, strict=True):
+                side = max(1, int(max(image.shape[:2]) * scale))
+                jpg, width, height = jpeg(image, side, quality)
+                part.update(width=width, height=height, data=base64.b64encode(jpg).decode("ascii"))
             payload = _encode(body)
             if len(payload) <= max_payload:
                 return OutMessage(msg.id, msg.topic, payload, msg.kind, msg.qos, msg.retain)
-        side = int(side * _SHRINK_SCALE)
+        scale *= _SHRINK_SCALE
     return None
+
+
+def _decoded(part: dict[str, Any]) -> Image | None:
+    data = base64.b64decode(part["data"])
+    decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    return None if decoded is None else np.asarray(decoded, np.uint8)
