@@ -348,3 +348,37 @@ class AgentProcess:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)
+
+
+@dataclass
+class Run:
+    """What one `edge-agent run` to the end published (its exit, every message, the final
+    counters)."""
+
+    proc: subprocess.CompletedProcess[str]
+    sub: Subscriber
+
+    def bodies(self, suffix: str) -> list[Any]:
+        """Parsed payloads of the messages on topics ending with suffix, in arrival order."""
+        return [m.json() for m in self.sub.on(suffix)]
+
+    @property
+    def counters(self) -> dict[str, int]:
+        """Counters of the last stats message (sent after every other message at exit)."""
+        stats = self.bodies("/stats")
+        return dict(stats[-1]["counters"]) if stats else {}
+
+
+def run_to_end(port: int, folder: Path, cfg: dict[str, Any], timeout: float = 600) -> Run:
+    """Run the agent on `cfg` (replay sources) until it exits, collecting what it publishes
+    on its device's topics; fails the test unless it exits 0 and says offline."""
+    sub = Subscriber(port, f"{cfg['mqtt']['topic_prefix']}/{cfg['device_id']}/#")
+    try:
+        proc = cli("run", "--config", str(write_config(folder, cfg)), timeout=timeout)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        sub.wait_for(
+            lambda s: any(m.payload == b"offline" and not m.retain for m in s.on("/status")), 10
+        )
+    finally:
+        sub.close()
+    return Run(proc, sub)
