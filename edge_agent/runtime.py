@@ -188,6 +188,10 @@ class Agent:
                     (("classify", "on_labels", i), lab)
                     for i, lab in enumerate(cam.classify.on_labels or [])
                 ]
+            rare = cam.samples.strategies.rare_class
+            if cam.samples.enabled and rare is not None:
+                key = ("samples", "strategies", "rare_class", "labels")
+                named += [((*key, i), lab) for i, lab in enumerate(rare.labels)]
             for path, label in named:
                 if label in known:
                     continue

@@ -23,7 +23,7 @@ from edge_agent.sampling.encode import sample_message
 from edge_agent.sampling.phash import Deduper, distance, phash
 from edge_agent.sampling.privacy import ModelFaces, PrivacyError, PrivacyFilter
 from edge_agent.types import Frame
-from tests.helpers import IMAGES, MODELS
+from tests.helpers import IMAGES, MODELS, SSD, SSD_LABELS, base_config, cli, write_config
 
 FACE_MODEL = MODELS / "blazeface_short_range" / "face_detection_short_range.tflite"
 LABELS = ["person", "car", "bicycle"]
@@ -332,3 +332,46 @@ def test_budgets_and_skips_are_counted_by_reason(tmp_path: Path) -> None:
     ]
     assert counters.get("samples.skipped.budget_low_confidence.cam") == 8
     assert counters.get("samples.skipped.budget_camera.cam") >= 7
+
+
+@pytest.mark.parametrize(
+    ("camera", "message"),
+    [
+        (
+            {"track": {"enabled": False}, "samples": {"strategies": {"label_flip": {}}}},
+            "label_flip sample tracks",
+        ),
+        (
+            {
+                "track": {"enabled": False},
+                "samples": {"strategies": {"short_track": {}, "false_positive_track": {}}},
+            },
+            "false_positive_track, short_track sample tracks",
+        ),
+        ({"samples": {"strategies": {"disagreement": {}}}}, "it needs `classify:`"),
+    ],
+)
+def test_strategies_name_what_they_need(camera: dict[str, Any], message: str) -> None:
+    camera["samples"]["enabled"] = True
+    with pytest.raises(ValidationError, match=message):
+        CameraConfig.model_validate({"source": {"type": "images", "path": "/x"}, **camera})
+
+
+def test_rare_class_label_unknown_to_the_model_is_located(tmp_path: Path) -> None:
+    cfg = base_config(
+        1883,
+        SSD,
+        SSD_LABELS,
+        {
+            "door": {
+                "source": {"type": "images", "path": str(IMAGES)},
+                "samples": {"enabled": True, "strategies": {"rare_class": {"labels": ["bycicle"]}}},
+            }
+        },
+    )
+    proc = cli("run", "--config", str(write_config(tmp_path, cfg)))
+    assert proc.returncode == 2
+    assert "samples.strategies.rare_class.labels[0]" in proc.stderr or (
+        "rare_class" in proc.stderr and "labels" in proc.stderr
+    )
+    assert "did you mean 'bicycle'" in proc.stderr and "Traceback" not in proc.stderr

@@ -263,7 +263,24 @@ class CameraConfig(Strict):
                 "`detect:` is the earlier form of `objects:`; keep only `objects:`\n"
                 + objects_yaml(self.detect.to_objects())
             )
+        self._samples_needs()
         return self
+
+    def _samples_needs(self) -> None:
+        if not self.samples.enabled:
+            return
+        on = set(self.samples.strategies.enabled())
+        per_track = sorted(on & {"false_positive_track", "short_track", "label_flip"})
+        if per_track and not self.track.enabled:
+            raise ValueError(
+                f"samples.strategies {', '.join(per_track)} sample tracks: they need "
+                "`track: {enabled: true}`"
+            )
+        if "disagreement" in on and self.classify is None:
+            raise ValueError(
+                "samples.strategies.disagreement compares the detector with the classifier: "
+                "it needs `classify:`"
+            )
 
     @property
     def live(self) -> bool:
