@@ -157,3 +157,105 @@ def test_person_video_dedup_on_and_off(broker: Broker, tmp_path: Path) -> None:
                 assert (int(a["phash"], 16) ^ int(b["phash"], 16)).bit_count() > DISTANCE
     reasons = {r for b in published[False] for r in b["reasons"]}
     assert {"low_confidence", "random"} <= reasons
+
+
+FACE_MODEL = (
+    IMAGES.parent.parent / "models" / "blazeface_short_range" / "face_detection_short_range.tflite"
+)
+MASK = [[0.0, 0.0], [0.3, 0.0], [0.3, 0.25], [0.0, 0.25]]
+
+
+def _detail(pixels: np.ndarray) -> float:
+    return float(cv2.Laplacian(cv2.cvtColor(pixels, cv2.COLOR_BGR2GRAY), cv2.CV_64F).var())
+
+
+def _decode(part: dict[str, Any]) -> np.ndarray:
+    data = base64.b64decode(part["data"])
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    assert image is not None and (image.shape[1], image.shape[0]) == (part["width"], part["height"])
+    return image
+
+
+@pytest.mark.parametrize("mode", ["full", "crops"])
+def test_privacy_in_every_published_jpeg(broker: Broker, tmp_path: Path, mode: str) -> None:
+    """The shared images with faces through the agent: masks black, every face the model
+    finds on the unblurred frame (whole frame, and head areas of the sample's person boxes)
+    blurred; crops mode sends nothing outside the padded boxes."""
+    from edge_agent.sampling.config import FaceBlur, Privacy
+    from edge_agent.sampling.privacy import ModelFaces, PrivacyFilter
+
+    folder = tmp_path / "faces"
+    folder.mkdir()
+    names = ["grace_hopper.bmp", "zidane.jpg", "bus.jpg"]
+    originals = {}
+    for i, name in enumerate(names):
+        image = cv2.imread(str(IMAGES / name))
+        cv2.imwrite(str(folder / f"{i}.png"), image)
+        originals[i] = image
+    privacy = {"masks": [MASK], "blur_faces": {"model": str(FACE_MODEL)}, "mode": mode}
+    cfg = base_config(
+        broker.port,
+        SSD,
+        SSD_LABELS,
+        {
+            "door": {
+                "source": {"type": "images", "path": str(folder)},
+                "motion": {"enabled": False},
+                "samples": {
+                    "enabled": True,
+                    "strategies": {"random": {"probability": 1.0}},
+                    "dedup": {"enabled": False},
+                    "privacy": privacy,
+                    "floor": 0.5,
+                    "max_side": 4096,
+                },
+            }
+        },
+    )
+    cfg["device_id"] = f"privacy-{mode}"
+    run = run_to_end(broker.port, tmp_path, cfg)
+    samples = {s["frame"]: s for s in run.bodies("/door/samples")}
+    assert sorted(samples) == [0, 1, 2]
+    finder = PrivacyFilter(Privacy(blur_faces=FaceBlur(model=FACE_MODEL)), ModelFaces(
+        FaceBlur(model=FACE_MODEL)))  # fmt: skip
+    blurred = 0
+    for frame, body in samples.items():
+        original = originals[frame]
+        h, w = original.shape[:2]
+        people = np.array(
+            [d["box"] for d in body["detections"] if d["label"] == "person"], np.float32
+        ).reshape(-1, 4)
+        faces = finder._faces(original, people)
+        assert body["privacy"] == {"mode": mode, "masks": 1, "faces": len(faces)}
+        if mode == "full":
+            image = _decode(body["image"])
+            assert image.shape == original.shape
+            mx, my = int(MASK[1][0] * w), int(MASK[2][1] * h)
+            assert float(image[: my - 2, : mx - 2].mean()) < 3  # black, but for JPEG noise
+            for x1, y1, x2, y2 in faces:
+                px = (
+                    slice(int(y1 * h) + 2, int(y2 * h) - 2),
+                    slice(int(x1 * w) + 2, int(x2 * w) - 2),
+                )
+                assert _detail(image[px]) < 0.1 * _detail(original[px]), (frame, (x1, y1))
+                blurred += 1
+        else:
+            assert "image" not in body and len(body["crops"]) == len(body["detections"])
+            covered = np.zeros((h, w), bool)
+            for crop in body["crops"]:
+                x1, y1, x2, y2 = crop["region"]
+                pixels = _decode(crop)
+                box = (round(x1 * w), round(y1 * h), round(x2 * w), round(y2 * h))
+                assert pixels.shape[:2] == (box[3] - box[1], box[2] - box[0])
+                covered[box[1] : box[3], box[0] : box[2]] = True
+            padded = np.zeros((h, w), bool)
+            for d in body["detections"]:
+                x1, y1, x2, y2 = d["box"]
+                dx, dy = (x2 - x1) * 0.1, (y2 - y1) * 0.1
+                padded[
+                    max(0, int(np.floor((y1 - dy) * h))) : int(np.ceil((y2 + dy) * h)),
+                    max(0, int(np.floor((x1 - dx) * w))) : int(np.ceil((x2 + dx) * w)),
+                ] = True
+            assert not (covered & ~padded).any()  # no pixel outside the padded boxes
+    if mode == "full":
+        assert blurred >= 4  # Grace Hopper's face, and faces in zidane.jpg and bus.jpg

@@ -138,12 +138,13 @@ class PrivacyFilter:
         height, width = frame.shape[:2]
         image = frame.copy() if self.active else frame
         faces = self._faces(frame, heads if heads is not None else np.zeros((0, 4), np.float32))
-        for polygon in self.cfg.masks:
-            points = np.round(np.asarray(polygon) * [width, height]).astype(np.int32)
-            cv2.fillPoly(image, [points], (0, 0, 0))
         pad = self.cfg.blur_faces.padding if self.cfg.blur_faces is not None else 0.0
         for face in faces:
             blur_region(image, *_pixels(_padded(face, pad), width, height))
+        # Masks last: a blurred face next to a mask must not smear pixels into it.
+        for polygon in self.cfg.masks:
+            points = np.round(np.asarray(polygon) * [width, height]).astype(np.int32)
+            cv2.fillPoly(image, [points], (0, 0, 0))
         out = Private(image, masks=len(self.cfg.masks), faces=len(faces))
         if self.cfg.mode == "crops":
             out.image, out.crops = None, self._crops(image, boxes, scores, tracker_ids)
