@@ -50,6 +50,9 @@ def _parser() -> argparse.ArgumentParser:
 
     add_parsers(sub)
     track_cli.add_parser(sub)
+    from edge_agent.collect.options import add_parser as add_collect_parser
+
+    add_collect_parser(sub)
     return parser
 
 
@@ -168,6 +171,10 @@ def main(argv: Sequence[str] | None = None, early: list[int] | None = None) -> i
 
             setup_logging("info", "text", redactor)
             return track(args)
+        if args.command == "collect":
+            from edge_agent.collect.run import run as collect
+
+            return collect(args, redactor)
         if args.command == "models":
             from edge_agent.models_cli import run as models
 

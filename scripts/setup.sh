@@ -29,6 +29,9 @@ if ! .venv/bin/python -c 'import edge_agent, pytest, ruff' >/dev/null 2>&1 \
   # supervision (a tracker the tests compare against) asks for opencv-python, which would shadow
   # opencv-python-headless: its other needs are in the test extra, so install it alone.
   .venv/bin/python -m pip install -q --no-deps 'supervision==0.26.*'
+  # label-studio-sdk (the collector's tests validate tasks with it) pins an older OpenCV and
+  # numpy: its other needs are in the test extra, so it is installed alone too.
+  .venv/bin/python -m pip install -q --no-deps 'label-studio-sdk==2.1.*'
   touch .venv/.installed
 fi
 
