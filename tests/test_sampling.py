@@ -375,3 +375,54 @@ def test_rare_class_label_unknown_to_the_model_is_located(tmp_path: Path) -> Non
         "rare_class" in proc.stderr and "labels" in proc.stderr
     )
     assert "did you mean 'bicycle'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+# ---- disagreement: the real (generated) colour classifier against the detector's label
+
+COLOURS = ["reddish", "greenish", "bluish"]
+
+
+@pytest.mark.parametrize(
+    ("pixel", "label", "sampled"),
+    [
+        ((0, 0, 220), 0, False),  # red box labelled reddish: they agree
+        ((0, 220, 0), 0, True),  # green box labelled reddish: the classifier says greenish
+        ((120, 120, 120), 0, True),  # grey: the classifier is unsure (1/3 each < 0.5)
+    ],
+    ids=["agree", "other-label", "unsure"],
+)
+def test_disagreement_once_per_track(
+    tmp_path: Path, pixel: tuple[int, int, int], label: int, sampled: bool
+) -> None:
+    from edge_agent.detect.classifier import Classifier
+    from tests.tflite_builder import colour_classifier
+
+    model = colour_classifier(tmp_path / "colour.tflite", size=16)
+    (tmp_path / "colours.txt").write_text("\n".join(COLOURS) + "\n")
+    cam = CameraConfig.model_validate(
+        {
+            "source": {"type": "images", "path": str(tmp_path)},
+            "track": {"enabled": True},
+            "classify": {"model": str(model), "labels": str(tmp_path / "colours.txt")},
+            "samples": {"enabled": True, "strategies": {"disagreement": {"min_score": 0.5}}},
+            "events": {"publish_detections": False},
+        }
+    )
+    assert cam.classify is not None
+    counters = Counters()
+    env = CameraEnv("dev", "m.tflite", COLOURS, Topics("edge", "dev"), 1, counters, SHA)
+    pipeline = CameraPipeline("cam", cam, env, Classifier(cam.classify))
+    image = np.full((60, 80, 3), pixel, np.uint8)
+    jobs = []
+    for i in range(150):  # 15 s: the classifier runs again after its 10 s refresh
+        raw = Detections(
+            np.array([[0.2, 0.2, 0.6, 0.8]], np.float32),
+            np.array([0.9], np.float32),
+            np.array([label], np.int64),
+        )
+        jobs += pipeline.process(Frame("cam", i, 1000.0 + i / 10, image), raw, 1.0).samples
+    bodies = _bodies(jobs)
+    assert [b["reasons"] for b in bodies] == ([["disagreement"]] if sampled else [])
+    assert counters.get("classify.runs.cam") == 2
+    for body in bodies:
+        assert body["track"]["label"] == "reddish" and body["track"]["id"] >= 1
