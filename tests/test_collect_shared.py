@@ -10,8 +10,9 @@ import uuid
 from pathlib import Path
 
 import cv2
+import pytest
 
-from tests.helpers import IMAGES, Broker
+from tests.helpers import IMAGES, SSD, SSD_LABELS, Broker, Run, base_config, run_to_end
 from tests.test_collect import (
     CollectorProcess,
     Publisher,
@@ -118,3 +119,66 @@ def test_a_broker_restart_mid_stream_loses_nothing_and_stores_nothing_twice(
     assert sorted(index_ids(out)) == sorted(ids)
     assert sorted(_stored_images(out)) == sorted(ids)
     print(f"\nbroker restart: {col.totals()['duplicates']} redelivered duplicates recognised")
+
+
+@pytest.mark.slow
+def test_while_the_agent_publishes_2200_samples_a_killed_collector_loses_none(
+    broker: Broker, tmp_path: Path
+) -> None:
+    """The same with the real agent as the publisher: 2,200 frames, each one a sample."""
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    base = cv2.resize(cv2.imread(str(IMAGES / "bus.jpg")), (144, 192))
+    for n in range(N):
+        frame = base.copy()
+        cv2.putText(frame, str(n), (5, 30), cv2.FONT_HERSHEY_SIMPLEX, 1, (0, 0, 255), 2)
+        cv2.imwrite(str(frames / f"{n:05d}.png"), frame)
+    cfg = base_config(
+        broker.port,
+        SSD,
+        SSD_LABELS,
+        {
+            "cam": {
+                "source": {"type": "images", "path": str(frames), "fps": 10},
+                "motion": {"enabled": False},
+                "samples": {
+                    "enabled": True,
+                    "strategies": {"random": {"probability": 1.0, "per_day": None}},
+                    "dedup": {"enabled": False},
+                },
+            }
+        },
+    )
+    cfg["device_id"] = device = f"agent-{uuid.uuid4().hex[:8]}"
+    group = f"g{uuid.uuid4().hex[:8]}"
+    outs = {name: tmp_path / name for name in ("a", "b")}
+
+    def start(name: str) -> CollectorProcess:
+        args = ["--topic", f"edge/{device}/+/samples", "--group", group, "--log-level", "debug"]
+        return CollectorProcess(broker.port, outs[name], *args, "--client-id", f"{group}-{name}")
+
+    a, b = start("a"), start("b")
+    runs: list[Run] = []
+    agent = threading.Thread(target=lambda: runs.append(run_to_end(broker.port, tmp_path, cfg)))
+    restarted = None
+    try:
+        agent.start()
+        assert wait_until(lambda: len(index_ids(outs["a"])) >= KILL_AFTER, 300), a.output
+        a.proc.kill()
+        assert a.proc.wait(10) == -9
+        agent.join(600)
+        assert runs, "the agent run failed"
+        restarted = start("a")
+        assert wait_until(lambda: _union(outs) >= N, 120, step=0.5), restarted.output
+        assert restarted.stop() == 0 and b.stop() == 0, restarted.output + b.output
+    finally:
+        for col in (a, b, restarted):
+            if col is not None:
+                col.kill()
+    published = [body["id"] for body in runs[0].bodies("/cam/samples")]
+    assert runs[0].counters.get("samples.published.cam") == len(published) == N
+    stored = {name: index_ids(out) for name, out in outs.items()}
+    assert sorted(stored["a"] + stored["b"]) == sorted(published)  # every sample, none twice
+    for name, out in outs.items():
+        assert sorted(_stored_images(out)) == sorted(stored[name])
+    print(f"\nagent -> shared subscription: a stored {len(stored['a'])}, b {len(stored['b'])}")
