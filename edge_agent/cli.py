@@ -136,12 +136,24 @@ def _run(args: argparse.Namespace, redactor: Redactor, early: list[int]) -> int:
 def _legacy_notes(loaded: LoadedConfig, say: Callable[[str], object]) -> None:
     """How to rewrite sections kept from earlier releases (they still work as before)."""
     from edge_agent.camera.objects import objects_yaml
+    from edge_agent.sampling.config import LEGACY_KEYS
 
     for name, cam in loaded.config.cameras.items():
         if cam.detect is not None:
             where = loaded.where("cameras", name, "detect")
             rewrite = objects_yaml(cam.detect.to_objects()).replace("\n", "\n    ")
             say(f"{where}: `detect:` is the earlier form of `objects:`; equivalent:\n    {rewrite}")
+        old = [k for k in LEGACY_KEYS if ("cameras", name, "samples", k) in loaded.lines]
+        low = cam.samples.strategies.low_confidence
+        if old and low is not None:
+            where = loaded.where("cameras", name, "samples", old[0])
+            keys = low.model_dump(include={"min_score", "max_score", "per_minute"})
+            text = ", ".join(f"{k}: {v}" for k, v in keys.items())
+            say(
+                f"{where}: `{'`, `'.join(old)}` are the earlier form of "
+                f"`strategies.low_confidence`; equivalent:\n    strategies:\n"
+                f"      low_confidence: {{{text}}}"
+            )
 
 
 def _check(args: argparse.Namespace) -> int:

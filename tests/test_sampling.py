@@ -426,3 +426,21 @@ def test_disagreement_once_per_track(
     assert counters.get("classify.runs.cam") == 2
     for body in bodies:
         assert body["track"]["label"] == "reddish" and body["track"]["id"] >= 1
+
+
+def test_check_config_shows_the_strategies_form_of_the_first_release_keys(tmp_path: Path) -> None:
+    cfg = base_config(
+        1883,
+        SSD,
+        SSD_LABELS,
+        {
+            "door": {
+                "source": {"type": "images", "path": str(IMAGES)},
+                "samples": {"enabled": True, "min_score": 0.25, "max_per_minute": 3},
+            }
+        },
+    )
+    proc = cli("check-config", str(write_config(tmp_path, cfg)))
+    assert proc.returncode == 0, proc.stderr
+    assert "samples.min_score: `min_score`, `max_per_minute` are the earlier form" in proc.stdout
+    assert "low_confidence: {per_minute: 3, min_score: 0.25, max_score: 0.5}" in proc.stdout
