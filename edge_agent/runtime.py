@@ -9,7 +9,6 @@ the work.
 
 from __future__ import annotations
 
-import difflib
 import logging
 import os
 import threading
@@ -18,16 +17,17 @@ from functools import partial
 from pathlib import Path
 
 from edge_agent.assemble import Threads
-from edge_agent.camera.objects import ANY
 from edge_agent.camera.pipeline import CameraEnv, detector_floor
 from edge_agent.camera.worker import FrameWriter
+from edge_agent.config.labels_check import check_labels
 from edge_agent.config.loader import LoadedConfig, load_config
 from edge_agent.config.schema import CameraConfig
 from edge_agent.detect.classifier import Classifier
 from edge_agent.detect.detector import Detector
-from edge_agent.errors import ConfigError, SourceError, UserError
+from edge_agent.errors import SourceError, UserError
 from edge_agent.files import file_sha256
 from edge_agent.health import Counters
+from edge_agent.notify import Notifier
 from edge_agent.publish.mqtt import MqttPublisher
 from edge_agent.publish.outbox import Outbox
 from edge_agent.publish.outbox_open import OutboxError, open_outbox
@@ -64,6 +64,7 @@ class Agent:
         self.runners: dict[str, CameraRunner] = {}
         self.publisher: MqttPublisher | None = None
         self.outbox: Outbox | None = None
+        self.notifier = Notifier()  # systemd readiness and watchdog (no-op outside systemd)
 
     def prepare(self) -> None:
         """Load the model, check labels, open replay sources and the outbox; errors are
@@ -72,7 +73,7 @@ class Agent:
         detectors = [self._detector() for _ in range(cfg.runtime.detect_workers)]
         self.detector = detectors[0]
         labels = self.detector.labels
-        self._check_labels(labels)
+        check_labels(self.loaded, labels)
         floor = min(detector_floor(c, labels) for c in cfg.cameras.values())
         for detector in detectors:
             detector.min_score = floor
@@ -170,38 +171,6 @@ class Agent:
         )
         return f"{self.loaded.where('model', key)}: {exc.where}"
 
-    def _check_labels(self, known: list[str]) -> None:
-        for name, cam in self.cfg.cameras.items():
-            # (key path under the camera, label) for every label the config names
-            named: list[tuple[tuple[str | int, ...], str]] = []
-            if cam.detect is not None:
-                labels = enumerate(cam.detect.labels or [])
-                named += [(("detect", "labels", i), lab) for i, lab in labels]
-                named += [(("detect", "per_label", lab), lab) for lab in cam.detect.per_label]
-            named += [(("objects", lab), lab) for lab in cam.objects if lab != ANY]
-            for section, items in (("zones", cam.zones), ("lines", cam.lines)):
-                for item_name, item in items.items():
-                    labels = enumerate(item.labels or [])
-                    named += [((section, item_name, "labels", i), lab) for i, lab in labels]
-            if cam.classify is not None:
-                named += [
-                    (("classify", "on_labels", i), lab)
-                    for i, lab in enumerate(cam.classify.on_labels or [])
-                ]
-            rare = cam.samples.strategies.rare_class
-            if cam.samples.enabled and rare is not None:
-                key = ("samples", "strategies", "rare_class", "labels")
-                named += [((*key, i), lab) for i, lab in enumerate(rare.labels)]
-            for path, label in named:
-                if label in known:
-                    continue
-                close = difflib.get_close_matches(label, known, n=1)
-                hint = f" (did you mean '{close[0]}'?)" if close else ""
-                raise ConfigError(
-                    f"label {label!r} is not one of the model's {len(known)} labels{hint}",
-                    where=self.loaded.where("cameras", name, *path),
-                )
-
     def run(self) -> int:
         """Run until every replay has finished and been delivered, or until `stop` is set.
         Returns the exit code: 0, 1 (an internal failure) or 2 (cameras failed by user error)."""
@@ -217,6 +186,7 @@ class Agent:
             now = time.monotonic()
             for runner in self.runners.values():
                 runner.check_stalled(now)
+            self._service(now)
             if self.reload.is_set():
                 self._reload()
             if now >= next_stats:
@@ -303,7 +273,7 @@ class Agent:
                 self.loaded.file,
             )
 
-    def _log_progress(self) -> None:
+    def _progress(self) -> str:
         parts = []
         for name, source in self.sources.items():
             done = self.counters.get(f"frames.processed.{name}")
@@ -312,7 +282,21 @@ class Agent:
             shown = f"{done}/{total}" if total else str(done)
             parts.append(f"{name} {shown}" + (f" ({state})" if state != "running" else ""))
         pending = self.publisher.undelivered() if self.publisher is not None else 0
-        log.info("progress: frames %s; %d messages undelivered", ", ".join(parts), pending)
+        return f"frames {', '.join(parts)}; {pending} messages undelivered"
+
+    def _log_progress(self) -> None:
+        text = self._progress()
+        log.info("progress: %s", text)
+        self.notifier.status(text)
+
+    def _service(self, now: float) -> None:
+        """systemd: READY=1 once every camera has delivered a frame or is retrying (or has
+        finished, or failed); the watchdog fed while every pipeline thread beats."""
+        if not self.notifier.ready_sent and all(
+            r.status.state != "starting" for r in self.runners.values()
+        ):
+            self.notifier.ready(self._progress())
+        self.notifier.watchdog(now, self._threads().heartbeats.ages())
 
     def _pub(self) -> MqttPublisher:
         if self.publisher is None:
@@ -338,6 +322,7 @@ class Agent:
     def _shutdown(self) -> None:
         pub = self._pub()
         signalled = self.signalled.is_set()
+        self.notifier.stopping("stopping: finishing captured frames, delivering messages")
         if signalled:
             log.info("stopping: finishing captured frames")
         self.stop.set()  # capture threads stop; the workers drain what was captured

@@ -40,6 +40,10 @@ class Heartbeats:
         """Record that `name` is alive now (a dict store: safe without a lock)."""
         self._last[name] = time.monotonic()
 
+    def forget(self, name: str) -> None:
+        """A thread that ended on purpose (its camera finished) is no longer watched."""
+        self._last.pop(name, None)
+
     def ages(self) -> dict[str, float]:
         """Seconds since each thread's last beat."""
         now = time.monotonic()
@@ -146,6 +150,7 @@ class DetectWorker:
                 continue
             camera, seq, job = taken
             self.posts[camera].put(seq, self._detect(job))
+        self.heartbeats.forget(self.name)
 
     def _detect(self, job: Job | None) -> Item:
         if job is None or not job.detect:

@@ -97,6 +97,7 @@ class CameraWorker:
                 continue
             if item is None:
                 self._finish()
+                self.heartbeats.forget(beat)
                 return
             if isinstance(item, Job):  # skipped by the motion gate, forwarded for the video
                 self._write(item.frame.image, Detections(), skipped=True)
