@@ -117,6 +117,8 @@ def test_both_videos_with_every_strategy_end_in_the_dataset_once(
         col.kill()
     reasons = {r for b in bodies for r in b["reasons"]}
     assert {"low_confidence", "rare_class", "random"} <= reasons, reasons
+    by_reason = {r: sum(r in b["reasons"] for b in bodies) for r in sorted(reasons)}
+    print(f"\nboth videos: {len(bodies)} samples collected once each; by reason {by_reason}")
     assert sorted(index_ids(out)) == sorted(b["id"] for b in bodies)  # each exactly once
     expected = {}
     for body in bodies:
