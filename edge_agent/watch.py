@@ -119,7 +119,11 @@ def summarize(topic: str, payload: bytes) -> str:
     if isinstance(dets, list):
         items = ", ".join(f"{d.get('label')} {d.get('score', 0):.2f}" for d in dets[:6])
         more = f" +{len(dets) - 6}" if len(dets) > 6 else ""
-        extra = " [sample, jpeg]" if "image" in body else ""
+        extra = ""
+        if "image" in body or "crops" in body:
+            why = ", ".join(str(r) for r in body.get("reasons") or []) or "sample"
+            what = "jpeg" if "image" in body else f"{len(body.get('crops') or [])} crops"
+            extra = f" [{why}; {what}]"
         return f"{topic} frame {body.get('frame')}: {items or '-'}{more}{extra}"
     if "counters" in body:
         cams = body.get("cameras")

@@ -444,3 +444,23 @@ def test_check_config_shows_the_strategies_form_of_the_first_release_keys(tmp_pa
     assert proc.returncode == 0, proc.stderr
     assert "samples.min_score: `min_score`, `max_per_minute` are the earlier form" in proc.stdout
     assert "low_confidence: {per_minute: 3, min_score: 0.25, max_score: 0.5}" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    ("body", "line"),
+    [
+        (
+            {"frame": 3, "reasons": ["label_flip", "random"], "image": {},
+             "detections": [{"label": "car", "score": 0.41}]},
+            "t frame 3: car 0.41 [label_flip, random; jpeg]",
+        ),
+        (
+            {"frame": 4, "reasons": ["low_confidence"], "crops": [{}, {}], "detections": []},
+            "t frame 4: - [low_confidence; 2 crops]",
+        ),
+    ],
+)  # fmt: skip
+def test_watch_shows_why_a_sample_was_sent(body: dict[str, Any], line: str) -> None:
+    from edge_agent.watch import summarize
+
+    assert summarize("t", json.dumps(body).encode()) == line
