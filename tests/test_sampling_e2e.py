@@ -14,6 +14,7 @@ import pytest
 from scipy.fft import dctn
 
 from tests.helpers import IMAGES, SSD, SSD_LABELS, VIDEO, Broker, base_config, run_to_end
+from tests.test_sampling import FACE_MODEL, _detail
 
 BASE = ["bus.jpg", "zidane.jpg", "grace_hopper.bmp", "kite_and_cold.jpg"]
 # Which base image each frame shows: runs of one scene (near-duplicates) and returns to it.
@@ -159,14 +160,7 @@ def test_person_video_dedup_on_and_off(broker: Broker, tmp_path: Path) -> None:
     assert {"low_confidence", "random"} <= reasons
 
 
-FACE_MODEL = (
-    IMAGES.parent.parent / "models" / "blazeface_short_range" / "face_detection_short_range.tflite"
-)
 MASK = [[0.0, 0.0], [0.3, 0.0], [0.3, 0.25], [0.0, 0.25]]
-
-
-def _detail(pixels: np.ndarray) -> float:
-    return float(cv2.Laplacian(cv2.cvtColor(pixels, cv2.COLOR_BGR2GRAY), cv2.CV_64F).var())
 
 
 def _decode(part: dict[str, Any]) -> np.ndarray:

@@ -80,7 +80,7 @@ class CameraPipeline:
         self.tracker: Tracker | None = None
         self.zones: ZoneLineState | None = None
         self.events: EventBuilder | None = None
-        steps: list[Step] = [FilterStep(self.objects)]
+        steps: list[Step] = [FilterStep(self.objects, index=cam.samples.enabled)]
         if cam.track.enabled:
             self.tracker = Tracker(cam.track, self.objects.thresholds)
             steps.append(TrackStep(self.tracker, self.objects))

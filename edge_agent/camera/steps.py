@@ -81,15 +81,18 @@ class SamplesEnv(Protocol):
 class FilterStep:
     """`objects:` and `object_masks:`: drop what the camera does not want."""
 
-    def __init__(self, objects: ObjectFilter) -> None:
+    def __init__(self, objects: ObjectFilter, index: bool = False) -> None:
         self.objects = objects
+        self.index = index  # only the samples step reads the raw index
 
     def __call__(self, ctx: FrameContext) -> None:
         """Filter `raw` into `dets` and mark what is reported."""
         raw = ctx.raw
-        # The raw index survives filtering and tracking: samples map tracker ids back to
-        # every raw box of the frame.
-        result = self.objects.apply(raw.with_data(raw_index=np.arange(len(raw))))
+        if self.index:
+            # The raw index survives filtering and tracking: samples map tracker ids back
+            # to every raw box of the frame.
+            raw = raw.with_data(raw_index=np.arange(len(raw)))
+        result = self.objects.apply(raw)
         ctx.dets, ctx.reported = result.kept, result.reported
 
 
