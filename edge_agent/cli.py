@@ -40,8 +40,17 @@ def _parser() -> argparse.ArgumentParser:
         metavar="OUT.mp4",
         help="write replay cameras' frames with boxes, track ids, zones and lines to a video",
     )
-    check = sub.add_parser("check-config", help="validate a config file and exit")
+    check = sub.add_parser(
+        "check-config",
+        help="validate a config file, check the files it names and its labels against the model",
+    )
     check.add_argument("config", help="YAML config file")
+    check.add_argument(
+        "--offline",
+        action="store_true",
+        help="validate only: do not look at the files it names or load the model",
+    )
+    sub.add_parser("schema", help="print the JSON Schema of the config file (for editors)")
     from edge_agent.watch import add_watch_arguments
 
     add_watch_arguments(sub.add_parser("watch", help="print messages arriving on the broker"))
@@ -165,6 +174,25 @@ def _check(args: argparse.Namespace) -> int:
         f"({cfg.model.format}), cameras: {cams}"
     )
     _legacy_notes(loaded, print)
+    if args.offline:
+        return 0
+    from edge_agent.config.preflight import preflight
+
+    problems = preflight(loaded)
+    for problem in problems:
+        print(f"edge-agent: error: {problem}", file=sys.stderr)
+    if problems:
+        return 2
+    print(f"{loaded.file}: files present, model loads, labels match the model's")
+    return 0
+
+
+def _schema() -> int:
+    import json
+
+    from edge_agent.config.json_schema import config_schema
+
+    print(json.dumps(config_schema(), indent=2))
     return 0
 
 
@@ -178,6 +206,8 @@ def main(argv: Sequence[str] | None = None, early: list[int] | None = None) -> i
             return _run(args, redactor, early if early is not None else record_signals())
         if args.command == "check-config":
             return _check(args)
+        if args.command == "schema":
+            return _schema()
         if args.command == "track":
             from edge_agent.tools.track_cli import run as track
 

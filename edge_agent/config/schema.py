@@ -37,6 +37,12 @@ from edge_agent.config.values import (
     TopicSegment,
     bounded,
 )
+from edge_agent.control.config import (
+    CommandsConfig,
+    DriftConfig,
+    HomeAssistantConfig,
+    MetricsConfig,
+)
 from edge_agent.sampling.config import SamplesConfig as SamplesConfig
 from edge_agent.track.config import TrackConfig
 
@@ -351,3 +357,7 @@ class AgentConfig(Strict):
     outbox: OutboxConfig = OutboxConfig()
     log: LogConfig = LogConfig()
     runtime: RuntimeConfig = RuntimeConfig()
+    drift: DriftConfig = DriftConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    commands: CommandsConfig = CommandsConfig()
+    homeassistant: HomeAssistantConfig = HomeAssistantConfig()

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import AfterValidator, BeforeValidator, ValidationInfo
+from pydantic import AfterValidator, BeforeValidator, StringConstraints, ValidationInfo
 
 # Unicode category Cc (C0, DEL, C1), lone surrogates (Cs: not encodable as UTF-8) and the
 # noncharacters U+FFFE/U+FFFF: none of them belongs in a config value, a topic or a log line.
@@ -175,5 +175,10 @@ def _size(value: object) -> object:
 
 
 # Bounds live on each field (pydantic lets a later `le` silently replace an earlier one).
-Seconds = Annotated[float, BeforeValidator(_duration)]
-Bytes = Annotated[int, BeforeValidator(_size)]
+# json_schema_input_type: editors reading `edge-agent schema` accept `90s` and `100MB` too.
+_DURATION_TEXT = Annotated[str, StringConstraints(pattern=r"^\s*[0-9.eE+-]+\s*[smhdSMHD]?\s*$")]
+_SIZE_TEXT = Annotated[str, StringConstraints(pattern=r"^\s*[0-9.eE+-]+\s*[A-Za-z]*\s*$")]
+Seconds = Annotated[
+    float, BeforeValidator(_duration, json_schema_input_type=float | _DURATION_TEXT)
+]
+Bytes = Annotated[int, BeforeValidator(_size, json_schema_input_type=int | _SIZE_TEXT)]

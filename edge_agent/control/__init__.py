@@ -1,0 +1,1 @@
+"""Orders from the broker (commands, model updates) and Home Assistant discovery."""
