@@ -71,10 +71,11 @@ class Notifier:
         limit = interval  # half the timeout: systemd allows the other half for the next ping
         stale = sorted(name for name, age in ages.items() if age > limit)
         if stale:
-            why = ", ".join(f"{name} ({ages[name]:.0f} s)" for name in stale)
-            if why != self._silent:
+            names = ", ".join(stale)  # logged once per set of silent threads, not per age
+            if names != self._silent:
+                why = ", ".join(f"{name} ({ages[name]:.0f} s)" for name in stale)
                 log.error("watchdog not fed: no heartbeat from %s; systemd will restart", why)
-                self._silent = why
+                self._silent = names
             return False
         self._silent = None
         self._next_ping = now + interval / 2

@@ -72,6 +72,8 @@ class CameraRunner:
         self.source: FrameSource | None = None
         self.threads: list[threading.Thread] = []
         self.last_frame = time.monotonic()
+        # Set when abandoning blocked capture threads no longer helps: the watchdog's concern.
+        self.stuck_since: float | None = None
         self._generation = 0
         self._opened = False
 
@@ -159,6 +161,7 @@ class CameraRunner:
                 self._set(CameraStatus("stopped", "end of the replay"), generation)
                 return
             self.last_frame = time.monotonic()
+            self.stuck_since = None
             if self.status.state != "running":
                 self._set(CameraStatus("running"), generation)
             backoff.reset()
@@ -209,6 +212,8 @@ class CameraRunner:
         if len(alive) > MAX_ABANDONED:
             # No new attempt while this many are stuck; stay `running` so this check repeats.
             log.error("camera %s: %s; %d capture threads stuck", self.name, reason, len(alive))
+            if self.stuck_since is None:
+                self.stuck_since = self.last_frame
             self.last_frame = now
             return
         self.counters.inc(f"camera.stalls.{self.name}")
@@ -216,6 +221,13 @@ class CameraRunner:
         log.warning("camera %s: %s; abandoning it and reconnecting", self.name, reason)
         self.source = self.factory()
         self._spawn(self.source, opened=False)
+
+    def stuck_age(self, now: float) -> float | None:
+        """Seconds since the last frame once reconnecting no longer helps (every capture
+        thread blocked), else None: a camera that is down and retrying is not stuck."""
+        if self.stuck_since is None or self.status.state != "running":
+            return None
+        return now - self.stuck_since
 
     def join(self, deadline: float) -> bool:
         """Wait for the capture thread until `deadline` (monotonic); False if still blocked."""

@@ -11,13 +11,30 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 
+from edge_agent import supervisor
+from edge_agent.config.loader import load_config
+from edge_agent.health import Counters
 from edge_agent.notify import Notifier
+from edge_agent.pipeline import FrameSlot
+from edge_agent.runtime import Agent
+from edge_agent.supervisor import CameraRunner
+from edge_agent.types import Frame
 from tests.helpers import IMAGES, ROOT, SSD, SSD_LABELS, Broker, base_config, write_config
+
+
+def _looping_images() -> dict[str, Any]:
+    """A camera replaying the shared images at 5 fps forever (it keeps the agent running)."""
+    return {
+        "source": {"type": "images", "path": str(IMAGES), "realtime": True, "loop": True, "fps": 5}
+    }
 
 
 class Listener:
@@ -185,3 +202,133 @@ def test_unit_file_verifies() -> None:
     text = unit.read_text()
     for key in ("Type=notify", "WatchdogSec=", "NotifyAccess=main", "StartLimitBurst="):
         assert key in text, key
+
+
+def test_a_hung_detector_stops_the_watchdog_while_the_process_stays_up(
+    broker: Broker, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The agent in this process with its detector made to block in a frame (a hook around the
+    real model's call): pings stop within the watchdog interval, the agent's main loop goes on
+    (systemd, not the agent, decides to restart), and pings resume once the detector returns."""
+    cfg = base_config(broker.port, SSD, SSD_LABELS, {"door": _looping_images()})
+    cfg["device_id"] = "hang-test"
+    agent = Agent(load_config(write_config(tmp_path, cfg)))
+    path = str(tmp_path / "notify")
+    listener = Listener(path)
+    agent.notifier = Notifier({"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "2000000"})
+    agent.prepare()
+    assert agent.threads is not None
+    detector = agent.threads.detect[0].detector
+    hang, release, hung = threading.Event(), threading.Event(), threading.Event()
+    real = detector.detect_arrays
+
+    def detect_arrays(image: Any) -> Any:
+        if hang.is_set():
+            hung.set()
+            release.wait(60)
+        return real(image)
+
+    detector.detect_arrays = detect_arrays  # type: ignore[method-assign]
+    runner = threading.Thread(target=agent.run, daemon=True)
+    caplog.set_level(logging.ERROR, "edge_agent.notify")
+    runner.start()
+    try:
+        listener.drain(5.0)
+        hang.set()
+        assert hung.wait(10), "the detector never got a frame"
+        hung_at = time.monotonic()
+        listener.drain(5.0)
+        alive_while_hung = runner.is_alive() and not agent.stop.is_set()
+        release.set()
+        listener.drain(3.0)
+    finally:
+        release.set()
+        agent.signalled.set()
+        agent.stop.set()
+        runner.join(60)
+        listener.close()
+    pings = [t for t, fields in listener.got if "WATCHDOG" in fields]
+    before = [t for t in pings if t < hung_at]
+    during = [t for t in pings if hung_at <= t < hung_at + 5.0]
+    after = [t for t in pings if t >= hung_at + 5.0]
+    assert len(before) >= 5 and alive_while_hung
+    # The last ping of the hang is within the 1 s half-timeout of its start (a ping already
+    # due may still go out); none after: systemd's 2 s timeout would expire.
+    assert all(t - hung_at < 1.5 for t in during), [round(t - hung_at, 2) for t in during]
+    assert after, "pings did not resume after the detector returned"
+    errors = [r.getMessage() for r in caplog.records if "watchdog not fed" in r.getMessage()]
+    assert len(errors) == 1 and "detect-0" in errors[0], errors
+    assert not runner.is_alive()
+
+
+class _Blocking:
+    """A live source whose reads block until released (a driver stuck in I/O)."""
+
+    fps = 10.0
+
+    def __init__(self, release: threading.Event) -> None:
+        self.release = release
+
+    def open(self) -> None:
+        """Nothing to open."""
+
+        self.reads = 0
+
+    def read(self) -> Frame | None:
+        """One frame, then block until released, then end."""
+        self.reads += 1
+        if self.reads == 1:
+            return Frame("gate", 0, time.time(), np.zeros((8, 8, 3), np.uint8))
+        self.release.wait(30)
+        return None
+
+    def close(self) -> None:
+        """Nothing to close."""
+
+
+def test_a_capture_stuck_beyond_healing_stops_the_watchdog(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A blocked capture is first abandoned and reconnected by its supervisor (no restart
+    needed); once every attempt is blocked, the camera counts as stuck and the watchdog,
+    fed with its age, is no longer pinged."""
+    monkeypatch.setattr(supervisor, "STALL_GRACE", 0.1)
+    release, stop = threading.Event(), threading.Event()
+    states: list[str] = []
+    runner = CameraRunner(
+        "gate",
+        lambda: _Blocking(release),  # type: ignore[arg-type, return-value]
+        FrameSlot("gate", True, 1, Counters(), threading.Event()),
+        Counters(),
+        stop,
+        lambda _n, status: states.append(status.state),
+        (0.1, 0.1),
+        0.2,
+    )
+    runner.start(_Blocking(release), opened=True)  # type: ignore[arg-type]
+    listener = Listener("\0edge-agent-stuck-test")
+    notifier = Notifier({"NOTIFY_SOCKET": "@edge-agent-stuck-test", "WATCHDOG_USEC": "2000000"})
+    sent = [notifier.watchdog(time.monotonic(), {})]  # healthy: a ping
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            runner.check_stalled(time.monotonic())
+            stuck = runner.stuck_age(time.monotonic())
+            if stuck is not None and stuck > 1.5:  # past the 1 s half-timeout
+                break
+            time.sleep(0.1)
+        now = time.monotonic() + 1.0  # the next ping is due
+        stuck = runner.stuck_age(now)
+        abandoned = len([t for t in runner.threads if t.is_alive()])
+        sent.append(notifier.watchdog(now, {"capture-gate": stuck or 0.0}))
+        states_while_stuck = list(states)
+    finally:
+        release.set()
+        stop.set()
+        runner.join(time.monotonic() + 5)
+        listener.close()
+    assert stuck is not None and stuck > 1.5, states
+    assert abandoned > supervisor.MAX_ABANDONED
+    assert sent == [True, False]
+    # Each blocked attempt was abandoned and reconnected (retrying), and it stays `running`.
+    assert "retrying" in states_while_stuck and states_while_stuck[-1] == "running"
