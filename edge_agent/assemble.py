@@ -107,6 +107,7 @@ class Threads:
             self.env.topics.motion(name),
             lambda: pipeline.tracks_active,
             forward_skipped,
+            lambda: pipeline.detect_enabled,
         )
 
     def start(self) -> None:

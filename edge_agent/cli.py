@@ -120,7 +120,11 @@ def _quiet_native_logs(level: str) -> None:
     import cv2  # the environment is read once, at import: cv2 may already be loaded
 
     if level != "debug":
-        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+        api = getattr(cv2.utils, "logging", None)
+        if api is not None:
+            api.setLogLevel(api.LOG_LEVEL_ERROR)
+        elif (flat := getattr(cv2, "setLogLevel", None)) is not None:
+            flat(2)  # OpenCV 4.x (what numpy<2 resolves to) has only this; 2 = ERROR
 
 
 def _run(args: argparse.Namespace, redactor: Redactor, early: list[int]) -> int:

@@ -9,30 +9,33 @@ the work.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
 import time
 from functools import partial
 from pathlib import Path
+from typing import Any
 
+from edge_agent.app import build
+from edge_agent.app.build import Parts, build_parts, load_detectors, open_outbox_at
+from edge_agent.app.reload import ActiveModel, apply_config
 from edge_agent.assemble import Threads
-from edge_agent.camera.pipeline import CameraEnv, detector_floor
+from edge_agent.camera.pipeline import CameraEnv
 from edge_agent.camera.worker import FrameWriter
-from edge_agent.config.labels_check import check_labels
 from edge_agent.config.loader import LoadedConfig, load_config
-from edge_agent.config.schema import CameraConfig
-from edge_agent.detect.classifier import Classifier
+from edge_agent.control.commands import CommandError
+from edge_agent.control.service import ControlService, topics_of
 from edge_agent.detect.detector import Detector
-from edge_agent.errors import SourceError, UserError
-from edge_agent.files import file_sha256
+from edge_agent.errors import UserError
 from edge_agent.health import Counters
+from edge_agent.health.prometheus import MetricsServer, start_metrics
+from edge_agent.health.stats import Feeds, Health
 from edge_agent.notify import Notifier
 from edge_agent.publish.mqtt import MqttPublisher
 from edge_agent.publish.outbox import Outbox
-from edge_agent.publish.outbox_open import OutboxError, open_outbox
-from edge_agent.publish.payloads import camera_state_message, stats_message
-from edge_agent.sampling.privacy import FaceFinder, ModelFaces
+from edge_agent.publish.payloads import OutMessage, camera_state_message, stats_message
 from edge_agent.sources import FrameSource, create_source
 from edge_agent.supervisor import CameraRunner, CameraStatus
 
@@ -42,7 +45,6 @@ JOIN_TIMEOUT = 5.0
 CAPTURE_STOP_TIMEOUT = 2.0  # a capture blocked in I/O delays shutdown by no more than this
 PROGRESS_INTERVAL = 10.0  # seconds between progress log lines
 FINAL_STATS_WAIT = 5.0  # seconds the final stats message may add to a stop
-REPLAY_TYPES = ("video", "images")  # opened at start: a missing file is the user's to fix
 
 
 class Agent:
@@ -65,111 +67,123 @@ class Agent:
         self.publisher: MqttPublisher | None = None
         self.outbox: Outbox | None = None
         self.notifier = Notifier()  # systemd readiness and watchdog (no-op outside systemd)
+        self.health = Health(self.cfg)  # the stats body and the metrics endpoint
+        self.metrics: MetricsServer | None = None
+        self.control: ControlService | None = None  # remote commands, periodic snapshots
+        self.model: ActiveModel | None = None  # what the detect workers run
+        self.capture_stop = threading.Event()  # the current cameras stop (a reload, a stop)
 
     def prepare(self) -> None:
         """Load the model, check labels, open replay sources and the outbox; errors are
         located UserErrors. Live cameras are opened by their supervisor (and retried)."""
         cfg = self.cfg
-        detectors = [self._detector() for _ in range(cfg.runtime.detect_workers)]
-        self.detector = detectors[0]
-        labels = self.detector.labels
-        check_labels(self.loaded, labels)
-        floor = min(detector_floor(c, labels) for c in cfg.cameras.values())
-        for detector in detectors:
-            detector.min_score = floor
-        classifiers = {name: self._classifier(name, cam) for name, cam in cfg.cameras.items()}
-        faces = {name: self._faces(name, cam) for name, cam in cfg.cameras.items()}
-        for name, cam in cfg.cameras.items():
-            self.sources[name] = self._source(name, cam)
-        self.outbox = self._outbox()
+        detectors = load_detectors(self.loaded, cfg.runtime.detect_workers)
+        self.model = ActiveModel.of(cfg.model)
+        parts = build_parts(self.loaded, detectors, self.start_ts, self.counters)
+        self.sources = parts.sources
+        self.outbox = open_outbox_at(self.loaded, self.counters, self._close_sources)
         self.publisher = MqttPublisher(cfg.mqtt, cfg.device_id, self.counters, self.outbox)
+        self.control = ControlService(self, time.monotonic())
+        self.control.attach(self.publisher)
+        self._build_threads(
+            parts, build.writers(self.loaded, self.annotate, parts.sources, parts.labels)
+        )
+
+    def _build_threads(self, parts: Parts, writers: dict[str, FrameWriter] | None = None) -> None:
+        """The threads of the current config from `parts` (at start and after a reload)."""
+        cfg, model = self.cfg, self._model()
+        parts.apply_floor()
+        self.detector, self.sources, labels = parts.detectors[0], parts.sources, parts.labels
         env = CameraEnv(
             cfg.device_id,
-            cfg.model.path.name,
+            model.id.name,
             labels,
-            self.publisher.topics,
+            topics_of(cfg),
             cfg.mqtt.qos,
             self.counters,
-            file_sha256(cfg.model.path),
+            model.id.sha256,
         )
         self.threads = Threads(
-            cfg, env, detectors, classifiers, self.publisher.submit, self._writers(), faces
+            cfg, env, parts.detectors, parts.classifiers, self.submit, writers, parts.faces
         )
-
-    def _detector(self) -> Detector:
-        try:
-            return Detector(self.cfg.model, 1.0)  # the floor is set once the labels are known
-        except UserError as exc:
-            raise type(exc)(exc.message, where=self._where_model(exc)) from None
-
-    def _writers(self) -> dict[str, FrameWriter]:
-        """Annotated videos (`--annotate`), one per replay camera."""
-        if self.annotate is None:
-            return {}
-        from edge_agent.tools.annotate import Annotator
-
-        replays = [n for n, c in self.cfg.cameras.items() if not c.live]
-        out: dict[str, FrameWriter] = {}
-        for name in replays:
-            cam, source = self.cfg.cameras[name], self.sources[name]
-            path = self.annotate
-            if len(replays) > 1:
-                path = path.with_name(f"{path.stem}-{name}{path.suffix}")
-            fps = float(getattr(source, "fps", None) or 10.0)
-            labels = self.detector.labels if self.detector is not None else []
-            total = getattr(source, "total", None)
-            out[name] = Annotator(path, fps, labels, cam.zones, cam.lines, total)
-        return out
-
-    def _source(self, name: str, cam: CameraConfig) -> FrameSource:
-        source = create_source(name, cam, self.start_ts, self.counters)
-        if cam.source.type not in REPLAY_TYPES:
-            return source  # opened (and retried) by the camera's supervisor
-        try:
-            source.open()
-        except SourceError as exc:
-            self._close_sources()
-            where = self.loaded.where("cameras", name, "source")
-            raise SourceError(exc.message, where=where) from None
-        return source
-
-    def _classifier(self, name: str, cam: CameraConfig) -> Classifier | None:
-        if cam.classify is None:
-            return None
-        try:
-            return Classifier(cam.classify)
-        except UserError as exc:
-            key = "labels" if exc.where == str(cam.classify.labels) else "model"
-            where = self.loaded.where("cameras", name, "classify", key)
-            raise type(exc)(exc.message, where=f"{where}: {exc.where}") from None
-
-    def _faces(self, name: str, cam: CameraConfig) -> FaceFinder | None:
-        blur = cam.samples.privacy.blur_faces
-        if not cam.samples.enabled or blur is None:
-            return None
-        try:
-            return ModelFaces(blur)
-        except UserError as exc:
-            where = self.loaded.where("cameras", name, "samples", "privacy", "blur_faces", "model")
-            raise type(exc)(exc.message, where=f"{where}: {exc.where}") from None
-
-    def _outbox(self) -> Outbox:
-        try:
-            return open_outbox(self.cfg.outbox, self.cfg.device_id, self.counters, os.environ)
-        except OutboxError as exc:
-            self._close_sources()
-            where = self.loaded.where("outbox", "path") if self.cfg.outbox.path else "outbox"
-            raise OutboxError(exc.message, where=where) from None
-
-    def _where_model(self, exc: UserError) -> str:
-        if exc.where == "model.delegate":
-            return self.loaded.where("model", "delegate")
-        key = (
-            "labels"
-            if self.cfg.model.labels and str(self.cfg.model.labels) == exc.where
-            else "path"
+        threads = self.threads
+        self.health.attach(
+            labels,
+            env.model_sha256,
+            Feeds(
+                lambda: {**self.counters.snapshot(), **threads.counters()},
+                lambda: {n: r.status.to_json() for n, r in self.runners.items()},
+                threads.heartbeats.ages,
+                self.outbox,
+            ),
+            threads.workers,
+            cfg,
         )
-        return f"{self.loaded.where('model', key)}: {exc.where}"
+        self.health.set_model(model.id.name, model.id.sha256)
+
+    def submit(self, msg: OutMessage) -> None:
+        """Hand a message to the current publisher (it changes when a reload replaces it)."""
+        self._pub().submit(msg)
+
+    def publish_stats(self) -> None:
+        """Publish the stats message now (the `stats` command)."""
+        self._publish_stats()
+
+    def reload_config(self) -> dict[str, Any]:
+        """Re-read the config file and apply it (SIGHUP, the `reload` command). An invalid
+        file is refused (CommandError with the located error): the running config stays."""
+        if self.control is not None and self.control.models.busy:
+            raise CommandError("a model update is in progress; reload once it is done")
+        self.notifier.status("reloading the config")
+        self.notifier.watchdog(time.monotonic(), {})  # the main loop waits for the reload
+        try:
+            result = apply_config(self, load_config(self.loaded.file))
+        except UserError as exc:
+            log.error("config reload refused, the running config stays: %s", exc)
+            raise CommandError(str(exc)) from None
+        except Exception as exc:  # a bug: the pipeline may be half rebuilt; stop (exit 1)
+            log.exception("config reload failed")
+            self._internal_failure = f"config reload failed: {exc}"
+            self.stop.set()
+            raise CommandError(self._internal_failure) from None
+        finally:
+            self.notifier.watchdog(time.monotonic(), {})
+        self.notifier.status(self._progress())
+        return result
+
+    def stop_pipeline(self) -> None:
+        """Stop the cameras; the workers process what was captured and end every track."""
+        self.capture_stop.set()
+        threads = self._threads()
+        threads.wake.set()
+        deadline = time.monotonic() + CAPTURE_STOP_TIMEOUT
+        for name, runner in self.runners.items():
+            if not runner.join(deadline):
+                log.warning("camera %s: capture blocked in I/O; not waiting for it", name)
+        # Captured frames are processed before the final messages (a slow model needs time).
+        wait = max(JOIN_TIMEOUT, self.cfg.runtime.shutdown_timeout)
+        if not threads.finish(wait):
+            log.warning("captured frames not processed within %.0fs were abandoned", wait)
+        for runner in self.runners.values():
+            runner.close()
+
+    def start_pipeline(self, parts: Parts) -> None:
+        """After a reload: build the threads of the new config and start them (detection
+        stays off where a `detect` command turned it off)."""
+        pub = self._pub()
+        for name, runner in self.runners.items():
+            halted = runner.halt()  # the old capture threads no longer speak for cameras
+            if halted is not None and name not in self.cfg.cameras:
+                state = halted.to_json()
+                pub.submit(camera_state_message(pub.topics, self.cfg.device_id, name, state))
+        off = [n for n, p in self._threads().pipelines.items() if not p.detect_enabled]
+        self._build_threads(parts)
+        for name in set(off) & set(self._threads().pipelines):
+            self._threads().pipelines[name].detect_enabled = False
+        self._announce()
+        self._start_threads()
+        if self.control is not None:
+            self.control.reconfigure(time.monotonic())
 
     def run(self) -> int:
         """Run until every replay has finished and been delivered, or until `stop` is set.
@@ -177,16 +191,19 @@ class Agent:
         if self.publisher is None:
             self.prepare()
         self._pub().start()
+        self.metrics = start_metrics(self.cfg.metrics, self.health)
+        self._announce()
         self._start_threads()
         next_stats = time.monotonic() + self.cfg.runtime.stats_interval
         next_progress = time.monotonic() + PROGRESS_INTERVAL
-        done = self._threads().done
-        while not self.stop.is_set() and not done.is_set():
+        while not self.stop.is_set() and not self._threads().done.is_set():
             self.stop.wait(0.2)
             now = time.monotonic()
             for runner in self.runners.values():
                 runner.check_stalled(now)
             self._service(now)
+            if self.control is not None:
+                self.control.tick(now)
             if self.reload.is_set():
                 self._reload()
             if now >= next_stats:
@@ -197,6 +214,17 @@ class Agent:
                 next_progress += PROGRESS_INTERVAL
         self._shutdown()
         return self._exit_code()
+
+    def _announce(self) -> None:
+        """Home Assistant discovery (at start and after a reload)."""
+        if self.cfg.homeassistant.enabled:
+            from edge_agent import __version__
+            from edge_agent.control.homeassistant import announce, discovery_state_dir
+
+            pub, model = self._pub(), self.cfg.model.path.name
+            labels = self.detector.labels if self.detector is not None else []
+            state_dir = discovery_state_dir(self.cfg, os.environ)
+            announce(self.cfg, pub.topics, labels, __version__, model, pub.submit, state_dir)
 
     def _exit_code(self) -> int:
         if self.threads is not None and self.threads.failure:
@@ -214,18 +242,19 @@ class Agent:
         return 0
 
     def _start_threads(self) -> None:
-        threads, pub = self._threads(), self._pub()
+        threads = self._threads()
         retry_max = self.cfg.runtime.retry_max_delay
         forward = self.annotate is not None
+        self.capture_stop, self.runners = threading.Event(), {}
         for name in self.sources:
             cam = self.cfg.cameras[name]
             first = getattr(cam.source, "reconnect_delay", 1.0)
             self.runners[name] = CameraRunner(
                 name,
                 partial(create_source, name, cam, self.start_ts, self.counters),
-                threads.sink(name, self.sources[name], pub.submit, forward and not cam.live),
+                threads.sink(name, self.sources[name], self.submit, forward and not cam.live),
                 self.counters,
-                self.stop,
+                self.capture_stop,
                 self._on_camera_state,
                 (first, max(first, retry_max)),
                 getattr(cam.source, "frame_timeout", None) if cam.live else None,
@@ -257,21 +286,13 @@ class Agent:
         return self.threads
 
     def _reload(self) -> None:
-        """SIGHUP: re-read the config; the running config stays until a restart applies it."""
-        self.reload.clear()
-        try:
-            fresh = load_config(self.loaded.file)
-        except UserError as exc:
-            log.error("config reload refused, the running config stays: %s", exc)
+        """SIGHUP: re-read the config and apply it (a refusal is logged); while a model
+        update is in progress, once it is done."""
+        if self.control is not None and self.control.models.busy:
             return
-        if fresh.config == self.cfg:
-            log.info("SIGHUP: %s is unchanged", self.loaded.file)
-        else:
-            log.warning(
-                "SIGHUP: %s is valid but changed; restart the agent to apply it "
-                "(live reload is not supported yet); the running config stays",
-                self.loaded.file,
-            )
+        self.reload.clear()
+        with contextlib.suppress(CommandError):
+            self.reload_config()
 
     def _progress(self) -> str:
         parts = []
@@ -296,27 +317,26 @@ class Agent:
             r.status.state != "starting" for r in self.runners.values()
         ):
             self.notifier.ready(self._progress())
-        self.notifier.watchdog(now, self._threads().heartbeats.ages())
+        ages = self._threads().heartbeats.ages()
+        for name, runner in self.runners.items():
+            stuck = runner.stuck_age(now)
+            if stuck is not None:
+                ages[f"capture-{name}"] = round(stuck, 3)
+        self.notifier.watchdog(now, ages)
 
     def _pub(self) -> MqttPublisher:
         if self.publisher is None:
             raise RuntimeError("prepare() was not called")
         return self.publisher
 
+    def _model(self) -> ActiveModel:
+        if self.model is None:
+            raise RuntimeError("prepare() was not called")
+        return self.model
+
     def _publish_stats(self) -> None:
         pub = self._pub()
-        extra: dict[str, object] = {
-            "cameras": {n: r.status.to_json() for n, r in self.runners.items()},
-        }
-        if self.outbox is not None:
-            extra["outbox"] = {
-                "mode": self.outbox.mode,
-                "messages": len(self.outbox),
-                "bytes": self.outbox.bytes,
-                "dead_letters": self.outbox.dead_letter_count(),
-            }
-        extra["threads"] = self._threads().heartbeats.ages()
-        counters = {**self.counters.snapshot(), **self._threads().counters()}
+        counters, extra = self.health.stats()
         pub.submit(stats_message(pub.topics, self.cfg.device_id, time.time(), counters, extra))
 
     def _shutdown(self) -> None:
@@ -325,19 +345,10 @@ class Agent:
         self.notifier.stopping("stopping: finishing captured frames, delivering messages")
         if signalled:
             log.info("stopping: finishing captured frames")
-        self.stop.set()  # capture threads stop; the workers drain what was captured
+        self.stop.set()
+        self.stop_pipeline()  # capture threads stop; the workers drain what was captured
         threads = self._threads()
-        threads.wake.set()
-        deadline = time.monotonic() + CAPTURE_STOP_TIMEOUT
         for name, runner in self.runners.items():
-            if not runner.join(deadline):
-                log.warning("camera %s: capture blocked in I/O; not waiting for it", name)
-        # Captured frames are processed before the final messages (a slow model needs time).
-        wait = max(JOIN_TIMEOUT, self.cfg.runtime.shutdown_timeout)
-        if not threads.finish(wait):
-            log.warning("captured frames not processed within %.0fs were abandoned", wait)
-        for name, runner in self.runners.items():
-            runner.close()
             halted = runner.halt()
             if halted is not None:
                 pub.submit(
@@ -358,6 +369,8 @@ class Agent:
         else:
             pub.wait_delivered(max(min(FINAL_STATS_WAIT, until - time.monotonic()), 0.2))
         pub.close()
+        if self.metrics is not None:
+            self.metrics.stop()
         log.info("stopped; counters %s", {**self.counters.snapshot(), **threads.counters()})
 
     def _wait_batch_delivery(self, timeout: float) -> None:

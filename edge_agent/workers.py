@@ -51,13 +51,47 @@ class Heartbeats:
 
 
 @dataclass(frozen=True)
+class ModelId:
+    """Which model detected a frame: a name for payloads and the file's sha256."""
+
+    name: str
+    sha256: str
+
+
+@dataclass(frozen=True)
 class Detected:
-    """A job after the detector: boxes and time, or the error that stopped it."""
+    """A job after the detector: boxes and time, or the error that stopped it. `model` names
+    the model that ran (None: the configured one), so a swap never mislabels a frame."""
 
     job: Job
     dets: Detections | None
     inference_ms: float
     error: BaseException | None = None
+    model: ModelId | None = None
+
+
+class Swap:
+    """New detectors for the detect workers, taken at the top of each worker's loop (never
+    mid-frame). Each worker then waits for `go`, so whoever swaps can first let the frames
+    the old model detected through (and say so) before the new model's frames follow."""
+
+    def __init__(self, detectors: Sequence[Detector], model: ModelId) -> None:
+        self.detectors = list(detectors)
+        self.model = model
+        self.go = threading.Event()
+        self._arrived = 0
+        self._lock = threading.Condition()
+
+    def arrive(self) -> None:
+        """A worker has taken its detector."""
+        with self._lock:
+            self._arrived += 1
+            self._lock.notify_all()
+
+    def wait_arrived(self, count: int, timeout: float) -> bool:
+        """Until `count` workers have taken theirs; False on timeout."""
+        with self._lock:
+            return self._lock.wait_for(lambda: self._arrived >= count, timeout)
 
 
 Item = Detected | Job | None  # a detected job, a skipped job (detect False), or END
@@ -130,7 +164,15 @@ class DetectWorker:
         self.posts = posts
         self.heartbeats = heartbeats
         self.on_crash = on_crash
+        self.model: ModelId | None = None  # None: the configured model
+        self.index = index
+        self.put_counts: dict[str, int] = dict.fromkeys(posts, 0)  # items handed per camera
+        self._swap: Swap | None = None
         self.thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+
+    def swap(self, swap: Swap) -> None:
+        """Take `swap`'s detector at the top of the next loop (set from another thread)."""
+        self._swap = swap
 
     def _run(self) -> None:
         try:
@@ -143,6 +185,8 @@ class DetectWorker:
         sched = self.scheduler
         while not sched.finished and not sched.abort.is_set():
             self.heartbeats.beat(self.name)
+            if self._swap is not None:
+                self._take_swap(self._swap)
             taken = sched.take()
             if taken is None:
                 sched.wake.wait(POLL)
@@ -150,7 +194,15 @@ class DetectWorker:
                 continue
             camera, seq, job = taken
             self.posts[camera].put(seq, self._detect(job))
+            self.put_counts[camera] += 1
         self.heartbeats.forget(self.name)
+
+    def _take_swap(self, swap: Swap) -> None:
+        self._swap = None
+        self.detector, self.model = swap.detectors[self.index], swap.model
+        swap.arrive()
+        while not swap.go.wait(POLL) and not self.scheduler.abort.is_set():
+            self.heartbeats.beat(self.name)
 
     def _detect(self, job: Job | None) -> Item:
         if job is None or not job.detect:
@@ -158,8 +210,8 @@ class DetectWorker:
         try:
             dets, ms = self.detector.detect_arrays(job.frame.image)
         except Exception as exc:  # one bad frame is counted by the camera, never fatal
-            return Detected(job, None, 0.0, exc)
-        return Detected(job, dets, ms)
+            return Detected(job, None, 0.0, exc, self.model)
+        return Detected(job, dets, ms, None, self.model)
 
 
 class PostQueue:

@@ -35,6 +35,7 @@ class GatedSink:
         topic: str,
         tracks_active: Callable[[], bool],
         forward_skipped: bool = False,
+        detecting: Callable[[], bool] = lambda: True,
     ) -> None:
         self.camera = camera
         self.slot = slot
@@ -44,10 +45,15 @@ class GatedSink:
         self.topic = topic
         self.tracks_active = tracks_active
         self.forward_skipped = forward_skipped
+        self.detecting = detecting  # False: detection turned off at run time
         self._motion: bool | None = None
 
     def put(self, item: Frame | None, stop: threading.Event) -> bool:
         """Gate one frame (or pass END); False if stop was set while waiting for room."""
+        if item is not END and not self.detecting():
+            # Still captured and counted; the camera thread ends its tracks and keeps the
+            # frame for snapshots.
+            return self.slot.put(Job(item, False), stop)
         if item is END or self.gate is None:
             return self.slot.put(None if item is END else Job(item, True), stop)
         decision = self.gate.check(item.image, item.ts, self.tracks_active())

@@ -33,6 +33,7 @@ from edge_agent.publish.payloads import OutMessage, Topics, detection_message
 from edge_agent.sampling.privacy import FaceFinder, PrivacyFilter
 from edge_agent.track.bytetrack import Tracker
 from edge_agent.types import Frame
+from edge_agent.workers import ModelId
 
 
 @dataclass(frozen=True)
@@ -76,14 +77,18 @@ class CameraPipeline:
         faces: FaceFinder | None = None,
     ) -> None:
         self.name, self.cam, self.env = name, cam, env
+        # Set by the `detect` command (main thread), read by the capture and camera threads.
+        self.detect_enabled = True
         self.objects = _objects(cam, env.labels)
+        self.track_step: TrackStep | None = None
         self.tracker: Tracker | None = None
         self.zones: ZoneLineState | None = None
         self.events: EventBuilder | None = None
         steps: list[Step] = [FilterStep(self.objects, index=cam.samples.enabled)]
         if cam.track.enabled:
             self.tracker = Tracker(cam.track, self.objects.thresholds)
-            steps.append(TrackStep(self.tracker, self.objects))
+            self.track_step = TrackStep(self.tracker, self.objects)
+            steps.append(self.track_step)
             if cam.zones or cam.lines:
                 self.zones = ZoneLineState(cam.zones, cam.lines, env.labels)
                 steps.append(ZonesStep(self.zones))
@@ -127,9 +132,13 @@ class CameraPipeline:
             list(self.cam.zones), list(self.cam.lines), list(dict.fromkeys(listed))
         )
 
-    def process(self, frame: Frame, raw: Detections, inference_ms: float) -> FrameContext:
-        """Run every step on one detected frame; the context holds what to publish."""
-        ctx = start_context(frame, raw, inference_ms, self.env.device_id, self.env.model)
+    def process(
+        self, frame: Frame, raw: Detections, inference_ms: float, model: ModelId | None = None
+    ) -> FrameContext:
+        """Run every step on one detected frame (by `model`, default the configured one);
+        the context holds what to publish."""
+        name, sha = (model.name, model.sha256) if model else (self.env.model, "")
+        ctx = start_context(frame, raw, inference_ms, self.env.device_id, name, sha)
         for step in self.steps:
             step(ctx)
         return ctx
@@ -142,6 +151,20 @@ class CameraPipeline:
     def finish(self, ts: float, frame: int) -> list[OutMessage]:
         """The camera stops: end every live track."""
         return self.events.finish(ts, frame) if self.events is not None else []
+
+    def stop_tracking(self, ts: float, frame: int) -> list[OutMessage]:
+        """Detection was turned off: end every live track (`end` events, counts to 0) and
+        start tracking afresh when it is turned on again."""
+        out = self.finish(ts, frame)
+        old = self.tracker
+        if old is None or self.track_step is None:
+            return out
+        if self.zones is not None:
+            self.zones.forget([t.id for t in old.tracks])
+        fresh = Tracker(self.cam.track, self.objects.thresholds)
+        fresh._next_id = old._next_id  # ids stay unique within the run
+        self.tracker = self.track_step.tracker = fresh
+        return out
 
     def overlay(self) -> tuple[dict[str, dict[str, int]], dict[str, int]]:
         """(line totals {line: {in, out}}, zone counts {zone: n}) for annotated video."""

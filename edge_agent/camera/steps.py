@@ -53,6 +53,7 @@ class FrameContext:
     out: list[OutMessage] = field(default_factory=list)
     samples: list[SampleJob] = field(default_factory=list)
     head: dict[str, Any] = field(default_factory=dict)
+    model_sha256: str = ""  # of the model that detected this frame ("" = the configured one)
 
 
 Step = Callable[[FrameContext], None]
@@ -229,8 +230,9 @@ class SamplesStep:
         view = FrameView(ctx.frame, raw, reported, ctx.head, ctx.track, ctx.sub_labels)
         for chosen in self.selector(view):
             boxes = boxes_json(chosen.view.raw, self.labels)
+            sha = ctx.model_sha256 or self.sha
             ctx.samples.append(
-                sample_job(chosen, boxes, self.sha, self.labels, self.privacy, self.settings)
+                sample_job(chosen, boxes, sha, self.labels, self.privacy, self.settings)
             )
 
 
@@ -257,7 +259,9 @@ class DetectionsStep:
 
 
 def start_context(
-    frame: Frame, raw: Detections, ms: float, device: str, model: str
+    frame: Frame, raw: Detections, ms: float, device: str, model: str, sha256: str = ""
 ) -> FrameContext:
-    """A context for one detected frame, with the header its messages share."""
-    return FrameContext(frame, raw, ms, head=header(device, model, frame, ms))
+    """A context for one detected frame, with the header its messages share; `model` and
+    `sha256` name the model that detected it."""
+    head = header(device, model, frame, ms)
+    return FrameContext(frame, raw, ms, head=head, model_sha256=sha256)

@@ -7,13 +7,15 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol
 
 from edge_agent.camera.pipeline import CameraPipeline
 from edge_agent.core.detections import Detections
 from edge_agent.health import Counters
+from edge_agent.health.stats import CameraHealth
 from edge_agent.pipeline import Job
-from edge_agent.types import Image
+from edge_agent.types import Frame, Image
 from edge_agent.workers import (
     FRAME_ERROR_LOG_INTERVAL,
     POLL,
@@ -48,6 +50,16 @@ class FrameWriter(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class LastFrame:
+    """A camera's last processed frame and the boxes it reported (for snapshots);
+    `detected` False when detection was off for it."""
+
+    frame: Frame
+    dets: Detections
+    detected: bool
+
+
 class CameraWorker:
     """Owns one camera's steps (tracker, zones, events...) on the thread `post-<camera>`."""
 
@@ -74,6 +86,10 @@ class CameraWorker:
         self.done = threading.Event()
         self.on_crash: Callable[[str], None] = lambda reason: None
         self._last: tuple[float, int] | None = None
+        self.last_frame: LastFrame | None = None  # replaced whole: safe to read elsewhere
+        self.health: CameraHealth | None = None  # inference times and drift (the agent sets it)
+        self.handled = 0  # items taken from the inbox and fully handled (swap barrier)
+        self._tracking = True  # False once tracks were ended because detection is off
         self._next_error_log = 0.0
         self.thread = threading.Thread(target=self._run, name=f"post-{self.name}", daemon=True)
 
@@ -98,11 +114,27 @@ class CameraWorker:
             if item is None:
                 self._finish()
                 self.heartbeats.forget(beat)
+                self.handled += 1
                 return
-            if isinstance(item, Job):  # skipped by the motion gate, forwarded for the video
-                self._write(item.frame.image, Detections(), skipped=True)
+            if isinstance(item, Job):  # detection off, or skipped by the motion gate
+                self._skipped(item)
             else:
                 self._handle(item)
+            self.handled += 1
+
+    def _skipped(self, job: Job) -> None:
+        """A frame the detector did not see: with detection off, it ends the live tracks
+        (once) and becomes the snapshot frame; either way it goes to the video."""
+        frame = job.frame
+        if not self.pipeline.detect_enabled:
+            self._last = (frame.ts, frame.index)
+            self.counters.inc(f"frames.detect_off.{self.name}")
+            self.last_frame = LastFrame(frame, Detections(), False)
+            if self._tracking:
+                self._tracking = False
+                for message in self.pipeline.stop_tracking(frame.ts, frame.index):
+                    self.submit(message)
+        self._write(frame.image, Detections(), skipped=True)
 
     def _handle(self, item: Detected) -> None:
         frame = item.job.frame
@@ -111,7 +143,7 @@ class CameraWorker:
             if item.error is not None or item.dets is None:
                 raise RuntimeError(f"detector failed: {item.error!r}") from item.error
             self.counters.inc(f"detector.runs.{self.name}")
-            ctx = self.pipeline.process(frame, item.dets, item.inference_ms)
+            ctx = self.pipeline.process(frame, item.dets, item.inference_ms, item.model)
             for message in ctx.out:
                 self.submit(message)
             for sample in ctx.samples:
@@ -120,7 +152,12 @@ class CameraWorker:
         except Exception:
             self._frame_failed(frame.index)
             return
-        self._write(frame.image, ctx.dets[ctx.reported])
+        self._tracking = True
+        shown = ctx.dets[ctx.reported]
+        if self.health is not None:
+            self.health.observe(frame.ts, item.inference_ms, shown)
+        self.last_frame = LastFrame(frame, shown, True)
+        self._write(frame.image, shown)
 
     def _frame_failed(self, index: int) -> None:
         # One bad frame must not stop the camera or lose what was already captured; a camera

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from edge_agent.config.base import Strict
-from edge_agent.config.values import Seconds, Text, TopicPrefix
+from edge_agent.config.values import Bytes, Seconds, Text, TopicPrefix
 
 
 class CommandsConfig(Strict):
@@ -18,7 +18,7 @@ class CommandsConfig(Strict):
     allow: list[Text] | None = Field(
         None, description="accepted values of the user property; null accepts every sender"
     )
-    max_model_bytes: int = Field(
+    max_model_bytes: Bytes = Field(
         200 * 2**20, ge=1024, le=2**32, description="largest model a `model` command downloads"
     )
     download_timeout: Seconds = Field(120.0, gt=0, le=3600, description="seconds")
@@ -43,8 +43,8 @@ class MetricsConfig(Strict):
 
 
 class DriftConfig(Strict):
-    """Per label: rolling mean confidence and detections per hour against a baseline learned
-    over the first `baseline` seconds of the agent's life."""
+    """Per camera and label: rolling mean confidence and detections per hour against a
+    baseline learned over the first `baseline` seconds of frame time after the agent starts."""
 
     enabled: bool = True
     baseline: Seconds = Field(3600.0, gt=0, le=30 * 86400, description="seconds learning")
@@ -52,6 +52,7 @@ class DriftConfig(Strict):
     max_drop: float = Field(
         0.3, gt=0, lt=1, description="warn when a figure falls by more than this fraction"
     )
+    # A detection is one reported box on one frame: 100 is ~10 s of one object at 10 fps.
     min_count: int = Field(
-        20, ge=1, description="detections a label needs in the baseline to be judged"
+        100, ge=1, le=10**9, description="detections a label needs in the baseline to be judged"
     )

@@ -33,7 +33,9 @@ from edge_agent.publish.client import (
     publish_properties,
     read_password,
 )
+from edge_agent.publish.fallback import ProtocolFallback
 from edge_agent.publish.guard import Guard
+from edge_agent.publish.inbox import Inbox
 from edge_agent.publish.outbox import Outbox, Stored
 from edge_agent.publish.payloads import OutMessage, Topics
 
@@ -70,6 +72,7 @@ class MqttPublisher:
         self.outbox = outbox
         self.client_id = cfg.client_id or f"edge-agent-{device_id}"
         self.guard = Guard(cfg, self.client_id, counters, outbox)
+        self.fallback = ProtocolFallback(cfg, counters)  # MQTT 3.1.1 for 3.1.1-only brokers
         # deque append/popleft are atomic: a lock-free hand-off queue for paho's callbacks.
         self._events: deque[_Event] = deque()
         self._inflight: dict[int, Stored] = {}
@@ -89,6 +92,7 @@ class MqttPublisher:
         self._password = read_password(cfg)
         self._receive_max: int | None = None
         self._connector: tuple[threading.Thread, list[BaseException | None]] | None = None
+        self.inbox: Inbox | None = None  # subscriptions and received messages (commands)
         self.client = self._new_client()
 
     def _new_client(self) -> Client:
@@ -96,6 +100,9 @@ class MqttPublisher:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
+        if self.inbox is not None:
+            client.on_message = self.inbox.on_message
+            client.on_subscribe = self.inbox.on_subscribe
         return client
 
     # paho callbacks (inside client.loop on the publisher thread): hand off only.
@@ -209,6 +216,7 @@ class MqttPublisher:
     def _start_connect(self) -> None:
         """Connect on a short-lived thread: DNS, TCP and TLS may block for seconds, and this
         thread must keep committing what producers stage meanwhile."""
+        self.fallback.apply(self)
         try:
             client = self._new_client()  # a clean slate: nothing of the last connection
         except (ConfigError, OSError, ssl.SSLError) as exc:  # e.g. a CA file rotated away
@@ -256,6 +264,9 @@ class MqttPublisher:
             self._failed(f"cannot connect: {exc}")
 
     def _failed(self, reason: str) -> None:
+        if self.fallback.retry_now():  # the broker refused MQTT 5: at once with 3.1.1
+            self._next_attempt = 0.0
+            return
         self.counters.inc("mqtt.connect_failures")
         delay = self._backoff.next_delay()
         self._next_attempt = time.monotonic() + delay
@@ -313,6 +324,7 @@ class MqttPublisher:
             elif event.kind == "connect":
                 self._on_connected(event)
             elif self._socket_open:
+                self.fallback.disconnected(self.connected)
                 self._lost(self._disconnect_reason(event), event.code)
         self._flush_acks()
 
@@ -358,6 +370,7 @@ class MqttPublisher:
         self._acked.append(item)
 
     def _on_connected(self, event: _Event) -> None:
+        self.fallback.connack(event.code)
         if event.code != 0:
             self.counters.inc("mqtt.connect_refused")
             self._lost(f"broker refused the connection: {event.reason}")
@@ -371,6 +384,11 @@ class MqttPublisher:
         self.counters.inc("mqtt.connects")
         log.info("connected to broker %s:%d", self.cfg.host, self.cfg.port)
         self.client.publish(self.topics.status, b"online", qos=1, retain=True)
+        if self.inbox is not None:  # every connection starts a clean session
+            self.inbox.subscribe(self.client)
+
+    def _props(self, msg: OutMessage, props: Any) -> Any:
+        return props if self.inbox is None else self.inbox.reply_properties(msg.id, props)
 
     def _properties(self) -> Any:
         return publish_properties(self.cfg)
@@ -397,7 +415,11 @@ class MqttPublisher:
                 continue
             msg = item.msg
             info = self.client.publish(
-                msg.topic, payload, qos=msg.qos, retain=msg.retain, properties=props
+                msg.topic,
+                payload,
+                qos=msg.qos,
+                retain=msg.retain,
+                properties=self._props(msg, props),
             )
             if info.rc == MQTTErrorCode.MQTT_ERR_QUEUE_SIZE:
                 return

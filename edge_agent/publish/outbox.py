@@ -1,10 +1,10 @@
 """The outbox: every message is stored before it is handed to MQTT and removed only on PUBACK.
 
 A SQLite database in WAL mode holds the messages in order (`seq`). Limits by bytes and age
-drop the lowest-priority messages first (samples, then stats, then detections), counting every
-drop. Disk trouble (tiered.py) never stops the pipeline and never corrupts the accounting:
-a message counts until it is acknowledged, dropped, expired or quarantined, whether or not
-the disk can delete it at that moment. Opening (paths, locking, classifying faults, salvage)
+drop the lowest-priority messages first (samples and snapshots, then stats, then detections),
+counting every drop. Disk trouble (tiered.py) never stops the pipeline and never corrupts the
+accounting: a message counts until it is acknowledged, dropped, expired or quarantined, whether
+or not the disk can delete it at that moment. Opening (paths, locking, classifying faults, salvage)
 is in outbox_open.py.
 """
 
@@ -28,8 +28,17 @@ __all__ = ["MemoryStore", "Outbox", "SqliteStore", "Store", "Stored", "default_p
 log = logging.getLogger(__name__)
 
 # Lower number = dropped first when the outbox is full; a message never evicts a higher one.
-# Events (one per track change) outrank per-frame detections. Unknown kinds rank highest.
-PRIORITY = {"samples": 0, "stats": 1, "detections": 2, "state": 2, "events": 3}
+# Events (one per track change) outrank per-frame detections; a retained snapshot (a large
+# JPEG, replaced by the next one) goes with the samples; answers to commands are kept.
+PRIORITY = {
+    "samples": 0,
+    "snapshot": 0,
+    "stats": 1,
+    "detections": 2,
+    "state": 2,
+    "events": 3,
+    "cmd_result": 3,
+}
 DROP_ORDER = sorted(PRIORITY, key=PRIORITY.__getitem__)
 DROP_LOG_INTERVAL = 10.0  # seconds between "outbox full" warnings
 STAGE_LIMIT = 4 * 2**20  # staged bytes at which a producer commits without waiting

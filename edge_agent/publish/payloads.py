@@ -68,6 +68,18 @@ class Topics:
         """Retained `ON`/`OFF` of one camera's motion gate."""
         return f"{self.base}/{camera}/motion"
 
+    def snapshot(self, camera: str) -> str:
+        """Retained annotated JPEG of one camera's last processed frame."""
+        return f"{self.base}/{camera}/snapshot"
+
+    def cmd(self, name: str) -> str:
+        """A remote command addressed to this device."""
+        return f"{self.base}/cmd/{name}"
+
+    def cmd_result(self, name: str) -> str:
+        """Where a command's result goes when the sender named no response topic."""
+        return f"{self.base}/cmd/{name}/result"
+
 
 def new_id() -> str:
     """A unique message id (consumers de-duplicate re-sends by it)."""
