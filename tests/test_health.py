@@ -36,6 +36,7 @@ from edge_agent.health.system import (
     parse_throttled,
     read_temp,
 )
+from edge_agent.publish.payloads import OutMessage, shrink_stats
 from tests.helpers import (
     ROOT,
     SSD,
@@ -587,3 +588,48 @@ def _check_scrape(scraped: dict[str, Any], messages: list[dict[str, Any]]) -> No
         f"scrape: {sum(len(f.samples) for f in scraped.values())} samples, {seen} camera counters"
         f" equal to the final stats; uptime {uptime:.1f} s; rss {rss / 2**20:.0f} MiB"
     )
+
+
+def _big_stats() -> OutMessage:
+    body = {
+        "v": 1,
+        "id": "a" * 32,
+        "device_id": "d",
+        "ts": 1.0,
+        "counters": {f"frames.processed.cam{i}": i for i in range(40)},
+        "warnings": [],
+        "drift": {"labels": {f"label{i}": {"baseline": {}, "current": {}} for i in range(40)}},
+        "threads": {f"detect-{i}": 0.1 for i in range(20)},
+        "system": {"cpu_percent": 1.0, "rss_bytes": 1},
+        "cameras": {"cam": {"state": "running"}},
+        "outbox": {"messages": 0},
+        "model": {"name": "m", "sha256": "0" * 64},
+    }
+    return OutMessage("a" * 32, "edge/d/stats", json.dumps(body).encode(), "stats", 1)
+
+
+def test_stats_over_the_broker_limit_lose_sections_in_order() -> None:
+    """Tighter and tighter limits: the sections go in a fixed order (each result a prefix of
+    it), the message keeps its id, fits, validates, keeps non-zero counters and warnings;
+    below what the counters need, nothing fits (the guard then quarantines it, counted)."""
+    order = ["drift", "threads", "system", "cameras", "outbox", "model", "zero_counters"]
+    msg = _big_stats()
+    seen: list[list[str] | None] = []
+    for limit in range(len(msg.payload) - 1, 150, -3):
+        smaller = shrink_stats(msg, limit)
+        if smaller is None:
+            seen.append(None)
+            continue
+        assert None not in seen  # once nothing fits, a smaller limit cannot fit either
+        assert len(smaller.payload) <= limit and smaller.id == msg.id
+        body = json.loads(smaller.payload)
+        assert body["truncated"] == order[: len(body["truncated"])]
+        nonzero = {k: v for k, v in json.loads(msg.payload)["counters"].items() if v}
+        dropped_zeros = "zero_counters" in body["truncated"]
+        assert body["counters"] == (
+            nonzero if dropped_zeros else json.loads(msg.payload)["counters"]
+        )
+        assert "warnings" in body
+        jsonschema.validate(body["truncated"], STATS_SCHEMA["properties"]["truncated"])
+        seen.append(body["truncated"])
+    assert seen[0] == ["drift"] and order in seen and seen[-1] is None

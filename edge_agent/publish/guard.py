@@ -13,9 +13,12 @@ from edge_agent.config.schema import MqttConfig
 from edge_agent.health import Counters
 from edge_agent.publish.client import MQTT_MAX_PACKET, packet_size
 from edge_agent.publish.outbox import Outbox, Stored
-from edge_agent.publish.payloads import OutMessage, shrink_sample
+from edge_agent.publish.payloads import OutMessage, shrink_sample, shrink_stats
 
 log = logging.getLogger(__name__)
+
+# Kinds that can be re-encoded smaller when over the broker's limit (else quarantined).
+SHRINKERS = {"samples": shrink_sample, "stats": shrink_stats}
 
 LOG_EVERY = 60.0  # seconds between log lines about the same kind of refusal
 SUSPECT_WINDOW = 15.0  # a drop this long after sending still points at the message...
@@ -80,11 +83,13 @@ class Guard:
 
     def _shrunk(self, msg: OutMessage) -> OutMessage | None:
         budget = self.limit - packet_size(msg.topic, 0, msg.qos, self.v5)
-        smaller = shrink_sample(msg, budget) if msg.kind == "samples" else None
+        shrink = SHRINKERS.get(msg.kind)
+        smaller = shrink(msg, budget) if shrink is not None else None
         if smaller is not None:
             self.counters.inc(f"mqtt.resized.{msg.kind}")
             log.info(
-                "sample %s re-encoded from %d to %d bytes to fit the broker's limit (%d)",
+                "%s message %s re-encoded from %d to %d bytes to fit the broker's limit (%d)",
+                msg.kind,
                 msg.id,
                 len(msg.payload),
                 len(smaller.payload),

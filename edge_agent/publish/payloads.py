@@ -230,3 +230,32 @@ def _decoded(part: dict[str, Any]) -> Image | None:
     data = base64.b64decode(part["data"])
     decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     return None if decoded is None else np.asarray(decoded, np.uint8)
+
+
+# Sections of a stats message left out, in this order, when it exceeds a broker's packet
+# limit; the ids, time, counters and warnings stay (they say what was lost and why).
+_STATS_OPTIONAL = ("drift", "threads", "system", "cameras", "outbox", "model")
+
+
+def shrink_stats(msg: OutMessage, max_payload: int) -> OutMessage | None:
+    """The same stats message (same id) without its optional sections, then without zero
+    counters, until it fits in max_payload bytes; `truncated` names what was left out."""
+    try:
+        body = json.loads(msg.payload)
+    except ValueError:
+        return None
+    if not isinstance(body, dict):
+        return None
+    left_out: list[str] = []
+    for key in (*_STATS_OPTIONAL, "zero_counters"):
+        if key == "zero_counters":
+            counters = body.get("counters") or {}
+            body["counters"] = {k: v for k, v in counters.items() if v}
+        elif body.pop(key, None) is None:
+            continue
+        left_out.append(key)
+        body["truncated"] = left_out
+        payload = _encode(body)
+        if len(payload) <= max_payload:
+            return OutMessage(msg.id, msg.topic, payload, msg.kind, msg.qos, msg.retain)
+    return None
