@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 JOIN_TIMEOUT = 5.0
 CAPTURE_STOP_TIMEOUT = 2.0  # a capture blocked in I/O delays shutdown by no more than this
 PROGRESS_INTERVAL = 10.0  # seconds between progress log lines
+REUSE_JOIN_TIMEOUT = 60.0  # seconds a reload waits for a detect worker still in an invoke
 FINAL_STATS_WAIT = 5.0  # seconds the final stats message may add to a stop
 
 
@@ -57,6 +58,7 @@ class Agent:
         self.stop = threading.Event()  # everything stops (a signal, or the pipeline is done)
         self.signalled = threading.Event()  # SIGTERM/SIGINT: bounded waits from here on
         self.reload = threading.Event()  # SIGHUP
+        self._reload_postponed = False  # logged once while a model update runs
         self.counters = Counters()
         self._internal_failure = ""
         self.detector: Detector | None = None
@@ -171,6 +173,12 @@ class Agent:
         """After a reload: build the threads of the new config and start them (detection
         stays off where a `detect` command turned it off)."""
         pub = self._pub()
+        # An interpreter is not thread-safe: a detector is handed on only once the worker
+        # that held it has left its last invoke (an aborted worker may still be inside one).
+        for worker in self._threads().detect:
+            worker.thread.join(REUSE_JOIN_TIMEOUT)
+            if worker.thread.is_alive() and worker.detector in parts.detectors:
+                raise RuntimeError(f"{worker.name} is stuck in the detector; restart needed")
         for name, runner in self.runners.items():
             halted = runner.halt()  # the old capture threads no longer speak for cameras
             if halted is not None and name not in self.cfg.cameras:
@@ -289,7 +297,11 @@ class Agent:
         """SIGHUP: re-read the config and apply it (a refusal is logged); while a model
         update is in progress, once it is done."""
         if self.control is not None and self.control.models.busy:
+            if not self._reload_postponed:
+                log.info("SIGHUP: a model update is in progress; reloading once it is done")
+                self._reload_postponed = True
             return
+        self._reload_postponed = False
         self.reload.clear()
         with contextlib.suppress(CommandError):
             self.reload_config()

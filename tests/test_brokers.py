@@ -50,30 +50,40 @@ class _Conn:
 # Steps: "5"/"3.1.1" an attempt must use that protocol; "connack=N" the broker answered N;
 # "closed" before a CONNACK, "dropped" after one; "retry"/"backoff" the attempt failed and the
 # fallback says to try again at once and quietly, or not.
+CLOSED = "5 closed backoff 5 closed backoff 5 closed retry"  # three in a row, then a probe
 FALLBACK_CASES = [
     # (case, configured, steps, protocol of the next attempt, switches)
     ("connack_unsupported_version", "5", "5 connack=132 retry 3.1.1 connack=0", "3.1.1", 1),
-    ("closed_unanswered_then_311_accepted", "5", "5 closed retry 3.1.1 connack=0", "3.1.1", 1),
-    ("probe_answered_with_a_refusal_is_311", "5", "5 closed retry 3.1.1 connack=135", "3.1.1", 1),
+    ("closed_unanswered_then_311_accepted", "5", f"{CLOSED} 3.1.1 connack=0", "3.1.1", 1),
+    ("probe_answered_with_a_refusal_is_311", "5", f"{CLOSED} 3.1.1 connack=135", "3.1.1", 1),
+    # A broker starting or stopping may close a connection or two: not evidence.
+    ("one_or_two_closes_are_not_evidence", "5", "5 closed backoff 5 closed backoff", "5", 0),
+    (
+        "an_answer_starts_the_count_again",
+        "5",
+        "5 closed backoff 5 closed backoff 5 connack=5 backoff 5 closed backoff",
+        "5",
+        0,
+    ),
     (
         "broker_restart_after_v5_never_downgrades",
         "5",
-        "5 connack=0 dropped 5 closed backoff 5 connack=0",
+        "5 connack=0 dropped 5 closed backoff 5 closed backoff 5 closed backoff 5 connack=0",
         "5",
         0,
     ),
     ("network_errors_never_downgrade", "5", "5 backoff 5 backoff", "5", 0),
     # The broker went away between the MQTT 5 attempt and the probe.
-    ("probe_unreachable_goes_back_to_5", "5", "5 closed retry 3.1.1 backoff", "5", 0),
+    ("probe_unreachable_goes_back_to_5", "5", f"{CLOSED} 3.1.1 backoff", "5", 0),
     # E.g. TLS without the client certificate the broker wants: both closed, never a switch.
     (
         "probe_closed_too_goes_back_to_5",
         "5",
-        "5 closed retry 3.1.1 closed backoff 5 closed retry",
-        "3.1.1",  # a probe again
+        f"{CLOSED} 3.1.1 closed backoff {CLOSED}",
+        "3.1.1",  # a probe again, three closes later
         0,
     ),
-    ("probe_refused_as_unsupported", "5", "5 closed retry 3.1.1 connack=132 backoff", "5", 0),
+    ("probe_refused_as_unsupported", "5", f"{CLOSED} 3.1.1 connack=132 backoff", "5", 0),
     ("configured_311_is_left_alone", "3.1.1", "3.1.1 closed backoff 3.1.1", "3.1.1", 0),
     (
         "fallen_back_stays_311_across_restarts",

@@ -199,6 +199,12 @@ SHA = "ab" * 32
         ("snapshot", b'{"camera": 3}', "invalid", "camera: Input should be a valid string"),
         ("model", b'{"sha256": "' + SHA.encode() + b'"}', "invalid", "exactly one of url"),
         ("model", b'{"path": "/m", "sha256": "xyz"}', "invalid", "sha256: String should match"),
+        (
+            "model",
+            b'{"path": "/m", "sha256": "' + SHA.encode() + b'", "labels_path": "/l"}',
+            "invalid",
+            "labels_url or labels_path go with labels_sha256",
+        ),
     ],
 )
 def test_invalid_commands_name_the_field(name: str, payload: bytes, reason: str, text: str) -> None:
@@ -305,6 +311,8 @@ def _fetch_case(tmp_path: Path, case: str) -> tuple[str, bool, str, tuple[int, f
         "scheme": ("ftp://host/m.tflite", True, good, limits),
         "missing": (str(tmp_path / "nope.tflite"), False, good, limits),
         "mismatch": (str(src), False, "0" * 64, limits),
+        "outside": ("/etc/hostname", False, good, limits),
+        "outside_url": ("file:///etc/hostname", True, good, limits),
         "too_large": (str(src), False, good, (1000, 60.0)),
         "too_slow": (src.as_uri(), True, good, (10**6, 1e-9)),
     }[case]
@@ -318,21 +326,25 @@ def _fetch_case(tmp_path: Path, case: str) -> tuple[str, bool, str, tuple[int, f
         ("relative", "must be absolute"),
         ("scheme", "scheme 'ftp' is not supported"),
         ("missing", "cannot fetch"),
-        ("mismatch", "sha256 mismatch"),
-        ("too_large", "more than commands.max_model_bytes (1000)"),
+        ("mismatch", "sha256 mismatch: the file fetched is not 000"),
+        ("outside", "local models are read only from"),
+        ("outside_url", "local models are read only from"),
+        ("too_large", "more than the limit (1000"),
         ("too_slow", "not done within commands.download_timeout"),
     ],
 )
 def test_fetch_verifies_and_bounds_downloads(tmp_path: Path, case: str, error: str | None) -> None:
     source, is_url, sha, limits = _fetch_case(tmp_path, case)
     folder = tmp_path / "models"
+    roots = (tmp_path,)  # local files only from here
     if error is None:
-        got = fetch(source, is_url, sha, folder, ".tflite", limits)
+        got = fetch(source, is_url, sha, folder, ".tflite", limits, roots)
         assert got == folder / f"{sha}.tflite" and _sha(got) == sha
-        assert fetch("/gone", False, sha, folder, ".tflite", limits) == got  # cached
+        assert fetch("/gone", False, sha, folder, ".tflite", limits, roots) == got  # cached
     else:
-        with pytest.raises(FetchError, match=re.escape(error)):
-            fetch(source, is_url, sha, folder, ".tflite", limits)
+        with pytest.raises(FetchError, match=re.escape(error)) as raised:
+            fetch(source, is_url, sha, folder, ".tflite", limits, roots)
+        assert _sha(Path(__file__)) not in str(raised.value)  # never a digest of its own
         assert not folder.exists() or not any(folder.iterdir())  # nothing left behind
 
 
@@ -600,7 +612,17 @@ def test_model_update_verifies_swaps_between_frames_and_rolls_back(tmp_path: Pat
         assert counters["model.refused"] == 1 and counters["model.rollbacks"] == 1
         assert counters["model.updates"] == 1
 
-        yolo = {"path": str(YOLOV8), "sha256": _sha(YOLOV8), "labels_path": str(YOLO_LABELS)}
+        # Local files only from the state's models folder (or the configured model's).
+        outside = cmd.call("model", {"path": str(YOLOV8), "sha256": _sha(YOLOV8)})
+        assert outside["ok"] is False and "read only from" in outside["error"], outside
+        shutil.copy(YOLOV8, models / YOLOV8.name)
+        shutil.copy(YOLO_LABELS, models / YOLO_LABELS.name)
+        yolo = {
+            "path": str(models / YOLOV8.name),
+            "sha256": _sha(YOLOV8),
+            "labels_path": str(models / YOLO_LABELS.name),
+            "labels_sha256": _sha(YOLO_LABELS),
+        }
         start = cmd.send("model", yolo)
         result = cmd.result("model", start)
         assert result.json()["ok"] is True and result.json()["labels_changed"] is True

@@ -71,8 +71,9 @@ class ModelArgs(Strict):
             raise ValueError("give exactly one of url and path")
         if self.labels_url is not None and self.labels_path is not None:
             raise ValueError("give at most one of labels_url and labels_path")
-        if self.labels_sha256 is not None and self.labels_url is None and not self.labels_path:
-            raise ValueError("labels_sha256 needs labels_url or labels_path")
+        has_labels = self.labels_url is not None or self.labels_path is not None
+        if (self.labels_sha256 is not None) != has_labels:
+            raise ValueError("labels_url or labels_path go with labels_sha256")
         return self
 
 
@@ -234,12 +235,20 @@ class Commands:
         )
 
     def refuse(self, incoming: Incoming, reason: str, message: str) -> None:
-        """Answer with an error and count the refusal (safe from any thread)."""
+        """Answer with an error and count the refusal (safe from any thread). Only a sender
+        that passed the allow-list chooses where the answer goes and what it carries."""
         self.counters.inc(f"commands.refused.{reason}")
         log.warning("command on %s refused (%s): %s", incoming.topic, reason, message)
-        if reason == "not_allowed":  # a stranger does not choose where the device publishes
-            incoming = replace(incoming, response_topic=None)
+        if not self._allowed(incoming):
+            incoming = replace(incoming, response_topic=None, correlation=None)
         self.reply_for(incoming).fail(message, {"refused": reason})
+
+    def _allowed(self, incoming: Incoming) -> bool:
+        try:
+            authorize(self.cfg(), incoming)
+        except Refused:
+            return False
+        return True
 
     def busy(self, incoming: Incoming) -> None:
         """The queue of received commands is full (called on the MQTT thread)."""
@@ -250,11 +259,11 @@ class Commands:
         reply = self.reply_for(incoming)
         name = reply.name
         try:
+            authorize(self.cfg(), incoming)  # first: a stranger's message goes no further
             if incoming.retain:  # else it would run again at every reconnect
                 raise Refused("invalid", "retained command ignored; publish without retain")
             if incoming.response_topic is not None and reply.response_topic is None:
                 raise Refused("invalid", f"response topic {incoming.response_topic!r} is invalid")
-            authorize(self.cfg(), incoming)
             args = parse_args(name, incoming.payload)
         except Refused as exc:
             self.refuse(incoming, exc.reason, str(exc))

@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 CHUNK = 1 << 20
 SCHEMES = ("http", "https", "file")
 SWAP_WAIT = 10.0  # seconds the workers get to reach the top of their loop
+MAX_LABEL_BYTES = 2**20  # the label reader's own limit
 
 
 class FetchError(Exception):
@@ -61,23 +62,51 @@ def models_dir(cfg: AgentConfig) -> Path:
     return outbox.parent / "models"
 
 
-def _open(source: str, is_url: bool, timeout: float) -> tuple[BinaryIO, int | None]:
+STALL = 10.0  # seconds one network read may block: the download deadline is checked between
+
+
+def local_roots(cfg: AgentConfig) -> tuple[Path, ...]:
+    """Folders a `model` command may read local files from: the state's models folder and the
+    folder of the configured model (never any file the agent can read)."""
+    return (models_dir(cfg), cfg.model.path.parent)
+
+
+def _local(source: str, roots: Sequence[Path]) -> BinaryIO:
+    """A regular file inside one of `roots` (symlinks resolved first)."""
+    if not os.path.isabs(source):
+        raise FetchError(f"path {source!r} must be absolute")
+    real = Path(os.path.realpath(source))
+    if not any(real.is_relative_to(os.path.realpath(root)) for root in roots):
+        shown = ", ".join(str(r) for r in roots)
+        raise FetchError(f"local models are read only from {shown}")
+    return open_regular(real)
+
+
+def _open(
+    source: str, is_url: bool, timeout: float, roots: Sequence[Path]
+) -> tuple[BinaryIO, int | None]:
     """A stream of the source and its announced length (None when unknown)."""
-    if not is_url:
-        if not os.path.isabs(source):
-            raise FetchError(f"path {source!r} must be absolute")
-        stream = open_regular(Path(source))
-        return stream, os.fstat(stream.fileno()).st_size
-    scheme = urllib.parse.urlsplit(source).scheme.lower()
-    if scheme not in SCHEMES:
+    scheme = urllib.parse.urlsplit(source).scheme.lower() if is_url else "file"
+    if is_url and scheme not in SCHEMES:
         raise FetchError(f"URL scheme {scheme!r} is not supported (use http, https or file)")
-    response = urllib.request.urlopen(source, timeout=timeout)  # noqa: S310 (scheme checked)
+    if scheme == "file":
+        path = urllib.parse.unquote(urllib.parse.urlsplit(source).path) if is_url else source
+        stream = _local(path, roots)
+        return stream, os.fstat(stream.fileno()).st_size
+    # Each blocking read is bounded by STALL, so the overall deadline is checked in between.
+    response = urllib.request.urlopen(source, timeout=min(timeout, STALL))  # noqa: S310
     length = response.headers.get("Content-Length")
     return response, int(length) if length and length.isdigit() else None
 
 
 def fetch(
-    source: str, is_url: bool, sha256: str, folder: Path, suffix: str, limits: tuple[int, float]
+    source: str,
+    is_url: bool,
+    sha256: str,
+    folder: Path,
+    suffix: str,
+    limits: tuple[int, float],
+    roots: Sequence[Path] = (),
 ) -> Path:
     """`<folder>/<sha256><suffix>`: downloaded (streamed to a temporary file, fsynced,
     renamed) unless already there; FetchError when too large, too slow or not matching."""
@@ -86,15 +115,18 @@ def fetch(
     if final.exists() and _sha256_of(final) == sha256:
         return final
     folder.mkdir(parents=True, exist_ok=True)
+    # One update runs at a time: a partial file here was left by a process killed mid-download.
+    for stale in folder.glob(".download-*"):
+        stale.unlink(missing_ok=True)
     deadline = time.monotonic() + timeout
     fd, tmp = tempfile.mkstemp(prefix=".download-", dir=folder)
     try:
         with os.fdopen(fd, "wb") as out:
-            digest = _copy(source, is_url, out, max_bytes, deadline, timeout)
+            digest = _copy(source, is_url, out, (max_bytes, deadline, timeout), roots)
             out.flush()
             os.fsync(out.fileno())
-        if digest != sha256:
-            raise FetchError(f"sha256 mismatch: expected {sha256}, got {digest}")
+        if digest != sha256:  # the file's own digest is not echoed: it may not be a model
+            raise FetchError(f"sha256 mismatch: the file fetched is not {sha256}")
         os.replace(tmp, final)
         _fsync_dir(folder)
     except BaseException:
@@ -104,27 +136,34 @@ def fetch(
 
 
 def _copy(
-    source: str, is_url: bool, out: BinaryIO, max_bytes: int, deadline: float, timeout: float
+    source: str,
+    is_url: bool,
+    out: BinaryIO,
+    bounds: tuple[int, float, float],
+    roots: Sequence[Path],
 ) -> str:
-    """Stream `source` into `out` within the limits; its sha256."""
+    """Stream `source` into `out` within (max bytes, deadline, timeout); its sha256."""
+    max_bytes, deadline, timeout = bounds
     try:
-        stream, length = _open(source, is_url, timeout)
+        stream, length = _open(source, is_url, timeout, roots)
     except (OSError, ValueError) as exc:
         raise FetchError(f"cannot fetch {source}: {exc}") from None
     digest, total = hashlib.sha256(), 0
+    # read1: returns what one read brings, so a slow sender cannot hold a 1 MiB read open.
+    read = getattr(stream, "read1", stream.read)
     with stream:
         if length is not None and length > max_bytes:
-            raise FetchError(f"{length} bytes is more than commands.max_model_bytes ({max_bytes})")
+            raise FetchError(f"{length} bytes is more than the limit ({max_bytes})")
         while True:
             try:
-                block = stream.read(CHUNK)
+                block = read(CHUNK)
             except OSError as exc:
                 raise FetchError(f"download of {source} failed: {exc}") from None
             if not block:
                 return digest.hexdigest()
             total += len(block)
             if total > max_bytes:
-                raise FetchError(f"more than commands.max_model_bytes ({max_bytes}) bytes")
+                raise FetchError(f"more than the limit ({max_bytes} bytes)")
             if time.monotonic() > deadline:
                 raise FetchError(f"not done within commands.download_timeout ({timeout:g} s)")
             digest.update(block)
@@ -225,12 +264,13 @@ class ModelUpdater:
         limits = (cfg.commands.max_model_bytes, cfg.commands.download_timeout)
         source, is_url = (args.url, True) if args.url else (str(args.path), False)
         sha = args.sha256.lower()
-        path = fetch(source, is_url, sha, folder, ".tflite", limits)
+        roots = local_roots(cfg)
+        path = fetch(source, is_url, sha, folder, ".tflite", limits, roots)
         active = host.model or ActiveModel.of(cfg.model)
         labels = active.cfg.labels
         label_source = args.labels_url or args.labels_path
         if label_source is not None:
-            labels = _fetch_labels(label_source, args, folder, limits)
+            labels = _fetch_labels(label_source, args, folder, (MAX_LABEL_BYTES, limits[1]), roots)
         model_cfg = active.cfg.model_copy(update={"path": path, "labels": labels})
         log.info("model update: %s verified (sha256 %s); loading it", source, sha)
         detectors = load_detectors(host.loaded, cfg.runtime.detect_workers, model_cfg)
@@ -284,25 +324,13 @@ class ModelUpdater:
         log.info("model update: now running %s (sha256 %s)", model.id.name, model.id.sha256)
 
 
-def _fetch_labels(source: str, args: ModelArgs, folder: Path, limits: tuple[int, float]) -> Path:
-    """The label file, verified against labels_sha256 when given."""
+def _fetch_labels(
+    source: str, args: ModelArgs, folder: Path, limits: tuple[int, float], roots: Sequence[Path]
+) -> Path:
+    """The label file, verified against labels_sha256 (required: see ModelArgs)."""
     is_url = args.labels_url is not None
-    if args.labels_sha256 is not None:
-        return fetch(source, is_url, args.labels_sha256.lower(), folder, ".labels.txt", limits)
-    # No sha256 given: fetched under a temporary name, then named by its content.
-    folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".labels-", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            digest = _copy(source, is_url, out, limits[0], time.monotonic() + limits[1], limits[1])
-            out.flush()
-            os.fsync(out.fileno())
-        final = folder / f"{digest}.labels.txt"
-        os.replace(tmp, final)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return final
+    sha = (args.labels_sha256 or "").lower()
+    return fetch(source, is_url, sha, folder, ".labels.txt", limits, roots)
 
 
 def _pause_workers(threads: Threads, swap: Swap) -> None:

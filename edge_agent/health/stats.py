@@ -105,9 +105,16 @@ class Health:
         self._lock = threading.Lock()
 
     def set_model(self, name: str, sha256: str) -> None:
-        """The model now running (after an update swapped it in without a rebuild)."""
+        """The model now running. Another model has other scores: its drift baseline is
+        learned again (a swap without a rebuild keeps the cameras' health objects)."""
         with self._lock:
+            changed = sha256 != self.model["sha256"]
             self.model = {"name": name, "sha256": sha256}
+            if not changed:
+                return
+            for name_, cam in self.cameras.items():
+                if cam.drift is not None:
+                    cam.drift = DriftMonitor(name_, self.cfg.drift, self._labels)
 
     def attach(
         self,

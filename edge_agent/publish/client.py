@@ -81,12 +81,18 @@ def properties(packet_type: int) -> Properties:
     return Properties(packet_type)  # type: ignore[no-untyped-call]
 
 
+# The agent receives only commands (a few hundred bytes): the broker drops larger packets
+# rather than making the device buffer them (MQTT 5 only; 3.1.1 cannot say it).
+MAX_INCOMING_PACKET = 256 * 1024
+
+
 def connect_properties(cfg: MqttConfig) -> Properties | None:
-    """CONNECT properties (MQTT 5): the session expiry interval."""
+    """CONNECT properties (MQTT 5): the session expiry interval, the largest packet taken."""
     if cfg.protocol != "5":
         return None
     props = properties(PacketTypes.CONNECT)
     props.SessionExpiryInterval = int(cfg.session_expiry)
+    props.MaximumPacketSize = MAX_INCOMING_PACKET
     return props
 
 

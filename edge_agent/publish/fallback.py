@@ -3,10 +3,11 @@
 Such a broker answers an MQTT 5 CONNECT in one of two ways: a CONNACK "unsupported protocol
 version" (NATS), or closing the connection without any CONNACK (RabbitMQ 3.10 fails to parse
 the packet). The first is proof: the agent switches at once. The second looks like other
-failures (a broker shutting down, a TLS peer rejecting the client), so the next attempt is a
-3.1.1 probe: only a CONNACK to it proves the broker speaks 3.1.1; anything else goes back to
-MQTT 5. A broker that accepted MQTT 5 once in this run is never downgraded by a close, so a
-broker restart cannot cause a fallback. Once switched, the publisher keeps MQTT 3.1.1.
+failures (a broker shutting down, a TLS peer rejecting the client), so only after three such
+closes in a row is the next attempt a 3.1.1 probe: only a CONNACK to it proves the broker
+speaks 3.1.1; anything else goes back to MQTT 5. A broker that accepted MQTT 5 once in this
+run is never downgraded by a close, so a broker restart cannot cause a fallback. Once
+switched, the publisher keeps MQTT 3.1.1.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ log = logging.getLogger(__name__)
 # return code 1 "unacceptable protocol version" with the same value.
 UNSUPPORTED_PROTOCOL = 0x84
 COUNTER = "mqtt.protocol_fallback"
+CLOSES_BEFORE_PROBE = 3  # MQTT 5 connections closed unanswered, in a row, before a 3.1.1 probe
 
 
 class Connection(Protocol):
@@ -49,6 +51,7 @@ class ProtocolFallback:
         self.probing = False  # the current or next attempt is a 3.1.1 probe
         self.attempt = ""  # protocol of the current attempt
         self._retry_now = False  # the last attempt failed on protocol evidence only
+        self.unanswered = 0  # MQTT 5 attempts in a row closed without a CONNACK
 
     @property
     def protocol(self) -> str:
@@ -72,6 +75,7 @@ class ProtocolFallback:
     def connack(self, code: int) -> None:
         """The broker answered the attempt's CONNECT with `code` (0: accepted)."""
         if self.attempt == "5":
+            self.unanswered = 0  # an answer, whatever it says
             if code == 0:
                 self.v5_accepted = True
             elif code == UNSUPPORTED_PROTOCOL and not self.fallen:
@@ -88,10 +92,14 @@ class ProtocolFallback:
         if accepted:
             return
         if self.attempt == "5" and not (self.fallen or self.v5_accepted):
+            self.unanswered += 1
             log.debug("broker %s closed an MQTT 5 connection unanswered", self.address)
-            self.probing = self._retry_now = True
+            # One close may be a broker starting or stopping: probe only after several.
+            if self.unanswered >= CLOSES_BEFORE_PROBE:
+                self.probing = self._retry_now = True
         elif self.probing:
             self.probing = False  # 3.1.1 closed too: not a protocol question
+            self.unanswered = 0
 
     def retry_now(self) -> bool:
         """The attempt failed: True when only to switch protocol, so the caller tries again at

@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 
 MQTT_V5 = 5  # paho.mqtt.client.MQTTv5
 MAX_REPLIES = 1000  # correlation data kept for replies not yet sent (oldest forgotten first)
+MAX_CORRELATION = 1024  # bytes of MQTT 5 correlation data echoed; longer is ignored
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,8 @@ def incoming_of(msg: Any) -> Incoming:
     users = getattr(props, "UserProperty", None) or []
     response = getattr(props, "ResponseTopic", None)
     correlation = getattr(props, "CorrelationData", None)
+    if correlation is not None and len(correlation) > MAX_CORRELATION:
+        correlation = None  # kept in memory until the reply is sent: bounded
     return Incoming(
         str(msg.topic),
         bytes(msg.payload),
