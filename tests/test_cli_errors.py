@@ -697,6 +697,12 @@ def test_watch_with_tls_receives(
     assert "edge/tls-1/status: online (retained)" in capsys.readouterr().out
 
 
+def _sigint_default() -> None:
+    # A foreground process on a terminal: a suite started as a background job of a
+    # non-interactive shell has SIGINT ignored, and children inherit that.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start_watch(*args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "edge_agent", "watch", *args],
@@ -704,6 +710,7 @@ def _start_watch(*args: str) -> subprocess.Popen[str]:
         stderr=subprocess.PIPE,
         text=True,
         cwd=ROOT,
+        preexec_fn=_sigint_default,
     )
 
 
