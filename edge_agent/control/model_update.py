@@ -34,7 +34,7 @@ from edge_agent.app.reload import ActiveModel, Host
 from edge_agent.control.commands import CommandError, ModelArgs, Refused, Reply
 from edge_agent.detect.detector import Detector
 from edge_agent.errors import UserError
-from edge_agent.files import open_regular
+from edge_agent.files import file_sha256, fsync_dir, open_regular
 from edge_agent.publish.stores import default_path
 from edge_agent.workers import ModelId, Swap
 
@@ -112,7 +112,7 @@ def fetch(
     renamed) unless already there; FetchError when too large, too slow or not matching."""
     max_bytes, timeout = limits
     final = folder / f"{sha256}{suffix}"
-    if final.exists() and _sha256_of(final) == sha256:
+    if final.exists() and file_sha256(final) == sha256:
         return final
     folder.mkdir(parents=True, exist_ok=True)
     # One update runs at a time: a partial file here was left by a process killed mid-download.
@@ -128,7 +128,7 @@ def fetch(
         if digest != sha256:  # the file's own digest is not echoed: it may not be a model
             raise FetchError(f"sha256 mismatch: the file fetched is not {sha256}")
         os.replace(tmp, final)
-        _fsync_dir(folder)
+        fsync_dir(folder)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -168,22 +168,6 @@ def _copy(
                 raise FetchError(f"not done within commands.download_timeout ({timeout:g} s)")
             digest.update(block)
             out.write(block)
-
-
-def _sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open_regular(path) as f:
-        while block := f.read(CHUNK):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def model_name(args: ModelArgs) -> str:

@@ -18,6 +18,7 @@ from collections.abc import Container, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from edge_agent.files import fsync_dir
 from edge_agent.health import Counters
 from edge_agent.publish.payloads import OutMessage
 from edge_agent.publish.stores import CHUNK, COLUMNS, SqliteStore, Stored, db_uri
@@ -223,14 +224,6 @@ def move_aside(path: Path) -> Path:
     return aside
 
 
-def _sync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def salvage(
     path: Path, sync: str, counters: Counters, problem: str, skip: Container[int] = frozenset()
 ) -> SqliteStore:
@@ -260,7 +253,7 @@ def salvage(
     for src_file, dst_file in reversed(list(zip(db_files(tmp), db_files(path), strict=True))):
         with contextlib.suppress(FileNotFoundError):  # side files first, the database last
             os.replace(src_file, dst_file)
-    _sync_dir(path.parent)
+    fsync_dir(path.parent)
     counters.inc("outbox.salvaged", report.salvaged)
     if report.lost:
         counters.inc("outbox.lost", report.lost)
