@@ -26,7 +26,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +49,7 @@ from pipeline_config import (  # noqa: E402
     second_floor,
     wiring_accepted,
 )
-from pipeline_profile import profiled_agent, summarize  # noqa: E402
+from pipeline_profile import profiled_agent, summarize, thread_cpu  # noqa: E402
 from pipeline_report import chart, markdown  # noqa: E402
 
 from edge_agent.config.loader import load_config  # noqa: E402
@@ -67,11 +67,13 @@ QUICK_FRAMES = 100
 
 @dataclass(frozen=True)
 class Run:
-    """One timed pass: frames, wall seconds and process CPU seconds."""
+    """One timed pass: frames, wall seconds and process CPU seconds (for an agent run, also
+    the CPU seconds of its threads by role: pipeline_profile.thread_cpu)."""
 
     frames: int
     wall: float
     cpu: float
+    roles: dict[str, float] = field(default_factory=dict)
 
     @property
     def fps(self) -> float:
@@ -134,22 +136,28 @@ def agent_run(cfg: Path) -> tuple[Run, dict[str, int]]:
 
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
-    wall, cpu = time.perf_counter(), time.process_time()
-    code = agent.run()
-    end_cpu, end_wall = time.process_time(), time.perf_counter()
+    with thread_cpu() as roles:
+        wall, cpu = time.perf_counter(), time.process_time()
+        code = agent.run()
+        end_cpu, end_wall = time.process_time(), time.perf_counter()
     watcher.join(1.0)
     if code != 0:
         raise RuntimeError(f"agent exited {code} on {cfg}")
     counters = counters_of(agent)
     frames = counters.get(f"frames.processed.{CAM}", 0)
-    return Run(frames, (done[0] if done else end_wall) - wall, end_cpu - cpu), counters
+    roles["interpreter pool"] = max(0.0, end_cpu - cpu - sum(roles.values()))
+    return Run(frames, (done[0] if done else end_wall) - wall, end_cpu - cpu, roles), counters
 
 
 def throughput(
     port: int, models: list[str], clip: Path, reps: int, wired: bool
 ) -> dict[str, dict[str, list[Run]]]:
-    """Bare and agent runs interleaved per model, `reps` times: {model: {kind: runs}}."""
-    runs: dict[str, dict[str, list[Run]]] = {m: {"bare": [], "agent": []} for m in models}
+    """Bare, agent and split-agent runs interleaved per model, `reps` times:
+    {model: {kind: runs}}. `agent` has one interpreter with the bare loop's threads; `split`
+    (with the per-camera pipeline keys) the same number of threads as one-thread
+    interpreters in as many detect workers."""
+    kinds = ("bare", "agent", "split") if wired else ("bare", "agent")
+    runs: dict[str, dict[str, list[Run]]] = {m: {k: [] for k in kinds} for m in models}
     warm = cut(clip, 20)  # first use of the decoder, the model files and the imports, untimed
     for model in models:
         bare_loop(model, warm)
@@ -157,9 +165,11 @@ def throughput(
     for rep in range(reps):
         for model in models:
             runs[model]["bare"].append(bare_loop(model, clip))
-            cfg = config(port, model, {"type": "video", "path": str(clip)}, wired)
-            runs[model]["agent"].append(agent_run(cfg)[0])
-            logging.info("rep %d %s: bare %s agent %s", rep, model, *runs[model].values())
+            for kind in kinds[1:]:
+                source = {"type": "video", "path": str(clip)}
+                cfg = config(port, model, source, wired, split=kind == "split")
+                runs[model][kind].append(agent_run(cfg)[0])
+            logging.info("rep %d %s: %s", rep, model, runs[model])
     return runs
 
 

@@ -54,6 +54,13 @@ def camera_wiring(label: str, motion: bool | None) -> dict[str, Any]:
 RUNTIME_WIRING: dict[str, Any] = {"detect_workers": 1}
 
 
+def interpreters(split: bool) -> tuple[int, int]:
+    """(detect workers, threads per interpreter) of an agent run: one interpreter with THREADS
+    threads like the bare loop, or `split`: the same THREADS threads as that many one-thread
+    interpreters, each taking whole frames (the camera's thread restores frame order)."""
+    return (THREADS, 1) if split else (1, THREADS)
+
+
 def floor_keys(score: float, wired: bool) -> dict[str, Any]:
     """Camera keys that make `score` the detector's score floor (the profile's second run):
     the tracker's low boxes set the floor once tracking is on."""
@@ -81,6 +88,7 @@ def config(
     label: str = "car",
     motion: bool | None = None,
     floor: float | None = None,
+    split: bool = False,
 ) -> Path:
     """Write an agent config (one camera `cam`) to a fresh folder; returns its path."""
     folder = Path(tempfile.mkdtemp(prefix="bench-pipeline-", dir=WORK))
@@ -96,11 +104,11 @@ def config(
         "outbox": {"path": str(folder / "outbox.db")},
         "log": {"level": "warning", "format": "text"},
     }
-    cfg["model"]["threads"] = THREADS
+    workers, cfg["model"]["threads"] = interpreters(split)
     if floor is not None:
         cfg["cameras"][CAM] |= floor_keys(floor, wired)
     if wired:
-        cfg["runtime"] = dict(RUNTIME_WIRING)
+        cfg["runtime"] = RUNTIME_WIRING | {"detect_workers": workers}
     (folder / "agent.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     return folder / "agent.yaml"
 

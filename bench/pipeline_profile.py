@@ -5,6 +5,7 @@ from __future__ import annotations
 import cProfile
 import pstats
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -38,6 +39,35 @@ def profiled() -> Iterator[dict[str, cProfile.Profile]]:
     finally:
         main.disable()
         threading.setprofile(None)
+
+
+ROLES = (("detect", "detect"), ("post", "camera steps"), ("capture", "capture"), ("mqtt", "mqtt"))
+
+
+@contextmanager
+def thread_cpu() -> Iterator[dict[str, float]]:
+    """CPU seconds of the Python threads started meanwhile, summed by role (detect workers,
+    camera steps, capture, mqtt, other), plus `main` for this thread. The interpreters' own
+    pool threads are not Python threads: they are the process CPU minus all of these."""
+    spent: dict[str, float] = {}
+    lock = threading.Lock()
+    original = threading.Thread.run
+
+    def run(self: threading.Thread) -> None:
+        try:
+            original(self)
+        finally:
+            role = next((r for prefix, r in ROLES if self.name.startswith(prefix)), "other")
+            with lock:
+                spent[role] = spent.get(role, 0.0) + time.thread_time()
+
+    main = time.thread_time()
+    threading.Thread.run = run  # type: ignore[method-assign]
+    try:
+        yield spent
+    finally:
+        threading.Thread.run = original  # type: ignore[method-assign]
+        spent["main"] = time.thread_time() - main
 
 
 @dataclass

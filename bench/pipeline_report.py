@@ -2,21 +2,33 @@
 
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
 from typing import Any
 
 PENDING = "pending"  # a figure that needs the per-camera pipeline keys the agent does not take yet
 
 
-def summary(runs: dict[str, list[Any]]) -> dict[str, float]:
-    """Best frames/s and best CPU ms/frame of bare and agent (load from elsewhere on the
-    machine only ever slows a run down), and their ratios agent/bare."""
+AGENTS = {
+    "agent": "agent, 1 interpreter x {t} threads",
+    "split": "agent, {t} interpreters x 1 thread",
+}
+
+
+def summary(runs: dict[str, list[Any]], kind: str = "agent") -> dict[str, float]:
+    """Best frames/s and best CPU ms/frame of bare and `kind` (load from elsewhere on the
+    machine only ever slows a run down), their ratios, and the medians of the per-pair ratios
+    (each agent run against the bare run just before it)."""
     out: dict[str, float] = {}
-    for kind in ("bare", "agent"):
-        out[f"{kind}_fps"] = max(r.fps for r in runs[kind])
-        out[f"{kind}_cpu_ms"] = min(r.cpu_ms for r in runs[kind])
+    for k in ("bare", kind):
+        name = "agent" if k == kind else k
+        out[f"{name}_fps"] = max(r.fps for r in runs[k])
+        out[f"{name}_cpu_ms"] = min(r.cpu_ms for r in runs[k])
     out["fps_ratio"] = out["agent_fps"] / out["bare_fps"]
     out["cpu_ratio"] = out["agent_cpu_ms"] / out["bare_cpu_ms"]
+    pairs = list(zip(runs["bare"], runs[kind], strict=True))
+    out["fps_median"] = statistics.median(a.fps / b.fps for b, a in pairs)
+    out["cpu_median"] = statistics.median(a.cpu_ms / b.cpu_ms for b, a in pairs)
     return out
 
 
@@ -28,27 +40,65 @@ def _table(head: list[str], rows: list[list[Any]]) -> list[str]:
 
 def _throughput(res: dict[str, Any]) -> list[str]:
     rows = []
+    threads = res["meta"]["threads"]
     for model, runs in res["throughput"].items():
-        s = summary(runs)
-        pairs = list(zip(runs["bare"], runs["agent"], strict=True))
-        fps = " ".join(f"{a.fps / b.fps:.2f}" for b, a in pairs)
-        cpu = " ".join(f"{a.cpu_ms / b.cpu_ms:.2f}" for b, a in pairs)
-        rows.append([
-            model, f"{runs['bare'][0].frames}/{runs['agent'][0].frames}",
-            f"{s['bare_fps']:.1f}", f"{s['agent_fps']:.1f}", f"{s['fps_ratio']:.3f}",
-            f"{s['bare_cpu_ms']:.2f}", f"{s['agent_cpu_ms']:.2f}", f"{s['cpu_ratio']:.3f}",
-            fps, cpu,
-        ])  # fmt: skip
-    head = ["model", "frames bare/agent", "bare fps", "agent fps", "fps agent/bare",
-            "bare CPU ms/frame", "agent CPU ms/frame", "CPU/frame agent/bare",
-            "fps agent/bare per pair", "CPU agent/bare per pair"]  # fmt: skip
+        for kind in [k for k in AGENTS if k in runs]:
+            s = summary(runs, kind)
+            pairs = list(zip(runs["bare"], runs[kind], strict=True))
+            fps = " ".join(f"{a.fps / b.fps:.2f}" for b, a in pairs)
+            cpu = " ".join(f"{a.cpu_ms / b.cpu_ms:.2f}" for b, a in pairs)
+            rows.append([
+                model, AGENTS[kind].format(t=threads),
+                f"{runs['bare'][0].frames}/{runs[kind][0].frames}",
+                f"{s['bare_fps']:.1f}", f"{s['agent_fps']:.1f}", f"{s['fps_ratio']:.3f}",
+                f"{s['fps_median']:.3f}", f"{s['bare_cpu_ms']:.2f}", f"{s['agent_cpu_ms']:.2f}",
+                f"{s['cpu_ratio']:.3f}", f"{s['cpu_median']:.3f}", fps, cpu,
+            ])  # fmt: skip
+    head = ["model", "agent", "frames bare/agent", "bare fps", "agent fps", "fps agent/bare",
+            "median of pairs", "bare CPU ms/frame", "agent CPU ms/frame", "CPU/frame agent/bare",
+            "median of pairs", "fps agent/bare per pair", "CPU agent/bare per pair"]  # fmt: skip
     return [
         "## Throughput: bare loop vs agent",
         "",
-        "Best of the repetitions (fastest frames/s, least CPU per frame); each pair is one bare "
-        "run and the agent run right after it.",
+        f"The bare loop runs one interpreter with {threads} threads. `agent` runs the same "
+        f"interpreter; `split` the same {threads} threads as {threads} one-thread interpreters "
+        "(`runtime.detect_workers`), each taking whole frames. Best of the repetitions "
+        "(fastest frames/s, least CPU per frame) and the median of the per-pair ratios; a pair "
+        "is one bare run and the agent run right after it.",
         "",
         *_table(head, rows),
+        "",
+        *_roles(res),
+    ]
+
+
+def _roles(res: dict[str, Any]) -> list[str]:
+    """Where the agent's CPU goes per frame, by thread role (median over its runs)."""
+    rows = []
+    roles: list[str] = []
+    for runs in res["throughput"].values():
+        for kind in [k for k in AGENTS if k in runs]:
+            for name in runs[kind][0].roles:
+                if name not in roles:
+                    roles.append(name)
+    for model, runs in res["throughput"].items():
+        bare = statistics.median(r.cpu_ms for r in runs["bare"])
+        for kind in [k for k in AGENTS if k in runs]:
+            per = [
+                statistics.median(r.roles.get(n, 0.0) / r.frames * 1000 for r in runs[kind])
+                for n in roles
+            ]
+            total = statistics.median(r.cpu_ms for r in runs[kind])
+            rows.append([model, kind, f"{bare:.2f}", f"{total:.2f}", *(f"{v:.2f}" for v in per)])
+    if not rows:
+        return []
+    return [
+        "CPU ms per frame by thread (medians): `detect` is the detect workers' own threads (the "
+        "caller's share of invoke(), output decoding), `interpreter pool` the interpreters' "
+        "worker threads; the bare loop does its decode, resize and invoke on one Python thread "
+        "plus the same pool.",
+        "",
+        *_table(["model", "agent", "bare total", "agent total", *roles], rows),
     ]
 
 
@@ -215,14 +265,17 @@ def chart(res: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     models = list(res["throughput"])
-    sums = [summary(res["throughput"][m]) for m in models]
+    kinds = [k for k in ("bare", *AGENTS) if k in res["throughput"][models[0]]]
     fig, axes = plt.subplots(1, 3, figsize=(13, 4))
     width = 0.38
     xs = range(len(models))
+    step = 2 * width / len(kinds)
     for ax, key, title in ((axes[0], "fps", "frames/s"), (axes[1], "cpu_ms", "CPU ms/frame")):
-        for i, kind in enumerate(("bare", "agent")):
-            values = [s[f"{kind}_{key}"] for s in sums]
-            bars = ax.bar([x + (i - 0.5) * width for x in xs], values, width, label=kind)
+        for i, kind in enumerate(kinds):
+            pick = max if key == "fps" else min
+            values = [pick(getattr(r, key) for r in res["throughput"][m][kind]) for m in models]
+            offsets = [x - width + (i + 0.5) * step for x in xs]
+            bars = ax.bar(offsets, values, step, label=kind)
             ax.bar_label(bars, fmt="%.1f", fontsize=8)
         ax.set_xticks(list(xs), models)
         ax.set_title(title)

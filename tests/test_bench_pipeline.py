@@ -43,12 +43,28 @@ def rows(text: str, marker: str) -> list[list[str]]:
 
 @pytest.mark.slow
 def test_throughput_ratios_are_positive_numbers(report) -> None:
-    (row,) = rows(report[0], "## Throughput")
-    assert row[0] == "ssd"
-    bare, agent = (int(n) for n in row[1].split("/"))
-    assert bare == agent == pipeline.QUICK_FRAMES
-    for cell in row[2:8]:  # fps, ratio, CPU ms/frame, ratio
-        assert float(cell) > 0
+    one, split = rows(report[0], "## Throughput")
+    threads = pipeline.THREADS
+    assert one[:2] == ["ssd", f"agent, 1 interpreter x {threads} threads"]
+    assert split[:2] == ["ssd", f"agent, {threads} interpreters x 1 thread"]
+    for row in (one, split):
+        bare, agent = (int(n) for n in row[2].split("/"))
+        assert bare == agent == pipeline.QUICK_FRAMES
+        for cell in row[3:11]:  # fps, ratios, CPU ms/frame, ratios
+            assert float(cell) > 0
+
+
+@pytest.mark.slow
+def test_cpu_by_thread_adds_up_to_the_agent_total(report) -> None:
+    table = rows(report[0], "CPU ms per frame by thread")
+    assert [r[1] for r in table] == ["agent", "split"]
+    head = next(ln for ln in report[0].splitlines() if ln.startswith("| model | agent | bare"))
+    names = [c.strip() for c in head.strip("|").split("|")][4:]
+    assert {"detect", "camera steps", "mqtt", "capture", "main", "interpreter pool"} <= set(names)
+    for row in table:
+        total, parts = float(row[3]), [float(c) for c in row[4:]]
+        assert all(p >= 0 for p in parts)
+        assert sum(parts) == pytest.approx(total, rel=0.02, abs=0.05)  # one run: they add up
 
 
 @pytest.mark.slow
