@@ -4,7 +4,8 @@ and stops everything cleanly.
 Threads: capture per camera (edge_agent.supervisor, motion gate included) -> FrameSlot ->
 detect workers -> per-camera steps -> MqttPublisher's sender (edge_agent.assemble builds the
 middle). One stop Event ends them all; signal handlers only set events, the main loop does
-the work.
+the work. How a run ends is in edge_agent.app.shutdown; progress and systemd reporting in
+edge_agent.app.status.
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ from typing import Any
 from edge_agent.app import build
 from edge_agent.app.build import Parts, build_parts, load_detectors, open_outbox_at
 from edge_agent.app.reload import ActiveModel, apply_config
+from edge_agent.app.shutdown import FINAL_STATS_WAIT as FINAL_STATS_WAIT  # moved; re-exported
+from edge_agent.app.shutdown import shutdown
+from edge_agent.app.status import progress, service
 from edge_agent.assemble import Threads
 from edge_agent.camera.pipeline import CameraEnv
 from edge_agent.camera.worker import FrameWriter
@@ -45,7 +49,6 @@ JOIN_TIMEOUT = 5.0
 CAPTURE_STOP_TIMEOUT = 2.0  # a capture blocked in I/O delays shutdown by no more than this
 PROGRESS_INTERVAL = 10.0  # seconds between progress log lines
 REUSE_JOIN_TIMEOUT = 60.0  # seconds a reload waits for a detect worker still in an invoke
-FINAL_STATS_WAIT = 5.0  # seconds the final stats message may add to a stop
 
 
 class Agent:
@@ -150,7 +153,7 @@ class Agent:
             raise CommandError(self._internal_failure) from None
         finally:
             self.notifier.watchdog(time.monotonic(), {})
-        self.notifier.status(self._progress())
+        self.notifier.status(progress(self))
         return result
 
     def stop_pipeline(self) -> None:
@@ -209,7 +212,7 @@ class Agent:
             now = time.monotonic()
             for runner in self.runners.values():
                 runner.check_stalled(now)
-            self._service(now)
+            service(self, now)
             if self.control is not None:
                 self.control.tick(now)
             if self.reload.is_set():
@@ -220,7 +223,7 @@ class Agent:
             if now >= next_progress:
                 self._log_progress()
                 next_progress += PROGRESS_INTERVAL
-        self._shutdown()
+        shutdown(self)
         return self._exit_code()
 
     def _announce(self) -> None:
@@ -306,35 +309,10 @@ class Agent:
         with contextlib.suppress(CommandError):
             self.reload_config()
 
-    def _progress(self) -> str:
-        parts = []
-        for name, source in self.sources.items():
-            done = self.counters.get(f"frames.processed.{name}")
-            total = getattr(source, "total", None)
-            state = self.runners[name].status.state if name in self.runners else "?"
-            shown = f"{done}/{total}" if total else str(done)
-            parts.append(f"{name} {shown}" + (f" ({state})" if state != "running" else ""))
-        pending = self.publisher.undelivered() if self.publisher is not None else 0
-        return f"frames {', '.join(parts)}; {pending} messages undelivered"
-
     def _log_progress(self) -> None:
-        text = self._progress()
+        text = progress(self)
         log.info("progress: %s", text)
         self.notifier.status(text)
-
-    def _service(self, now: float) -> None:
-        """systemd: READY=1 once every camera has delivered a frame or is retrying (or has
-        finished, or failed); the watchdog fed while every pipeline thread beats."""
-        if not self.notifier.ready_sent and all(
-            r.status.state != "starting" for r in self.runners.values()
-        ):
-            self.notifier.ready(self._progress())
-        ages = self._threads().heartbeats.ages()
-        for name, runner in self.runners.items():
-            stuck = runner.stuck_age(now)
-            if stuck is not None:
-                ages[f"capture-{name}"] = round(stuck, 3)
-        self.notifier.watchdog(now, ages)
 
     def _pub(self) -> MqttPublisher:
         if self.publisher is None:
@@ -350,46 +328,6 @@ class Agent:
         pub = self._pub()
         counters, extra = self.health.stats()
         pub.submit(stats_message(pub.topics, self.cfg.device_id, time.time(), counters, extra))
-
-    def _shutdown(self) -> None:
-        pub = self._pub()
-        signalled = self.signalled.is_set()
-        self.notifier.stopping("stopping: finishing captured frames, delivering messages")
-        if signalled:
-            log.info("stopping: finishing captured frames")
-        self.stop.set()
-        self.stop_pipeline()  # capture threads stop; the workers drain what was captured
-        threads = self._threads()
-        for name, runner in self.runners.items():
-            halted = runner.halt()
-            if halted is not None:
-                pub.submit(
-                    camera_state_message(pub.topics, self.cfg.device_id, name, halted.to_json())
-                )
-        # Batch runs wait for delivery until signalled; a signalled stop waits a bounded time.
-        # The final stats go last, so they count what happened to every message before them.
-        # From the signal on, everything (final stats included) fits in shutdown_timeout.
-        timeout = self.cfg.runtime.shutdown_timeout
-        until: float | None = time.monotonic() + timeout if signalled else None
-        if until is None and not pub.wait_delivered(None, self.signalled):
-            until = time.monotonic() + timeout  # a signal arrived while delivering
-        if until is not None and not pub.wait_delivered(until - time.monotonic()):
-            log.warning("shutdown timeout: %d messages undelivered", pub.undelivered())
-        self._publish_stats()
-        if until is None:
-            self._wait_batch_delivery(min(FINAL_STATS_WAIT, timeout))
-        else:
-            pub.wait_delivered(max(min(FINAL_STATS_WAIT, until - time.monotonic()), 0.2))
-        pub.close()
-        if self.metrics is not None:
-            self.metrics.stop()
-        log.info("stopped; counters %s", {**self.counters.snapshot(), **threads.counters()})
-
-    def _wait_batch_delivery(self, timeout: float) -> None:
-        """Until delivered; once a signal arrives, at most `timeout` more."""
-        pub = self._pub()
-        if not pub.wait_delivered(None, self.signalled):
-            pub.wait_delivered(timeout)
 
     def force_exit_flush(self) -> None:
         """Second signal: commit what is staged (bounded), so the outbox keeps it."""
