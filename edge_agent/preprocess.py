@@ -61,6 +61,14 @@ class InputPlan:
     rgb: bool
     normalize: Normalize
     pad: int = LETTERBOX_PAD  # pixel value of letterbox bars
+    # Bit-exact bilinear resize: OpenCV's SIMD INTER_LINEAR rounds differently on ARM (NEON)
+    # and x86, by one level in a third of the pixels; INTER_LINEAR_EXACT is the same everywhere.
+    exact: bool = False
+
+    @property
+    def interpolation(self) -> int:
+        """The cv2 resize flag for this plan."""
+        return cv2.INTER_LINEAR_EXACT if self.exact else cv2.INTER_LINEAR
 
 
 def place(image: Image, plan: InputPlan) -> tuple[Image, Transform]:
@@ -71,14 +79,14 @@ def place(image: Image, plan: InputPlan) -> tuple[Image, Transform]:
         new_w, new_h = max(1, round(src_w * ratio)), max(1, round(src_h * ratio))
         pad_x, pad_y = (plan.width - new_w) // 2, (plan.height - new_h) // 2
         canvas = np.full((plan.height, plan.width, 3), plan.pad, dtype=np.uint8)
-        resized = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+        resized = cv2.resize(image, (new_w, new_h), interpolation=plan.interpolation)
         canvas[pad_y : pad_y + new_h, pad_x : pad_x + new_w] = resized
         placed = canvas
         transform = Transform(
             new_w / src_w, new_h / src_h, pad_x, pad_y, plan.width, plan.height, src_w, src_h
         )
     else:
-        stretched = cv2.resize(image, (plan.width, plan.height), interpolation=cv2.INTER_LINEAR)
+        stretched = cv2.resize(image, (plan.width, plan.height), interpolation=plan.interpolation)
         placed = np.asarray(stretched, np.uint8)
         transform = Transform(
             plan.width / src_w, plan.height / src_h, 0, 0, plan.width, plan.height, src_w, src_h

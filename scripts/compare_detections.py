@@ -67,7 +67,11 @@ def _config(name: str, args: argparse.Namespace) -> dict[str, Any]:
     return {
         "device_id": f"cmp-{name}",
         "mqtt": {"host": "127.0.0.1", "port": args.port, "topic_prefix": "cmp"},
-        "model": {"path": f"{args.models}/{model}", "labels": f"{args.models}/{labels}"},
+        "model": {
+            "path": f"{args.models}/{model}",
+            "labels": f"{args.models}/{labels}",
+            "exact": args.exact,
+        },
         "cameras": cameras,
         "outbox": {"path": f"{args.work}/{name}.db"},
         "log": {"level": "info", "format": "text"},
@@ -359,6 +363,9 @@ def main(argv: list[str] | None = None) -> int:
     col.add_argument("--work", required=True, help="dir for configs and outboxes, agent's view")
     col.add_argument("--detectors", default="", help="comma-separated subset")
     col.add_argument("--timeout", type=float, default=1800)
+    col.add_argument(
+        "--exact", action="store_true", help="model.exact: reference kernels, exact resize"
+    )
     cmp_ = sub.add_parser("compare", help="compare two run files")
     cmp_.add_argument("a")
     cmp_.add_argument("b")

@@ -6,7 +6,10 @@
 # up to a few output quantization steps, and NMS may keep another box of a cluster (listed as
 # excused, see compare_detections.py); the float BlazeFace model comes out identical.
 #
-#   scripts/legacy-check.sh [--cache DIR] [--report FILE] [--keep]
+#   scripts/legacy-check.sh [--exact] [--cache DIR] [--report FILE] [--keep]
+#
+# --exact runs both with `model.exact: true` (reference kernels, exact resize) and requires
+# the same detections: same labels, IoU >= 0.99, scores within 0.01 (they come out identical).
 #
 # The legacy venv is cached (DIR/legacy-venv-<hash of pyproject.toml>, DIR defaults to
 # /var/cache/edge-agent when writable, else ~/.cache/edge-agent); building it needs PyPI.
@@ -20,7 +23,7 @@ SHARED=${EDGE_AGENT_SHARED:-$(dirname "$SRC")/shared}
 PROJECT_PY=$SRC/.venv/bin/python
 CACHE=/var/cache/edge-agent
 [ -w "$(dirname "$CACHE")" ] || [ -w "$CACHE" ] || CACHE=${XDG_CACHE_HOME:-$HOME/.cache}/edge-agent
-KEEP=0 WORK="" BROKER_PID="" REPORT=""
+KEEP=0 WORK="" BROKER_PID="" REPORT="" EXACT=()
 
 log() { printf '[legacy] %s\n' "$*" >&2; }
 die() { printf '[legacy] error: %s\n' "$*" >&2; exit 1; }
@@ -33,7 +36,8 @@ parse_args() {
       --cache) [ $# -ge 2 ] || die "--cache needs a value"; CACHE=$2; shift 2 ;;
       --report) [ $# -ge 2 ] || die "--report needs a value"; REPORT=$2; shift 2 ;;
       --keep) KEEP=1; shift ;;
-      -h|--help) sed -n '2,15p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+      --exact) EXACT=(--exact); shift ;;
+      -h|--help) sed -n '2,18p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
       *) die "unknown option: $1" ;;
     esac
   done
@@ -90,7 +94,7 @@ collect() {  # collect NAME PYTHON
   log "running the shared detectors with $1"
   PYTHONPATH=$SRC "$PROJECT_PY" "$SRC/scripts/compare_detections.py" collect \
     --agent "$2 -m edge_agent" --port "$PORT" --out "$WORK/$1.json" \
-    --models "$SHARED/models" --media "$SHARED/media" --work "$WORK/$1"
+    --models "$SHARED/models" --media "$SHARED/media" --work "$WORK/$1" "${EXACT[@]}"
 }
 
 main() {
@@ -119,9 +123,10 @@ main() {
   collect litert "$PROJECT_PY"
   collect legacy "$venv/bin/python"
   log "agent runs took $(since "$start") s"
-  local rc=0
+  local rc=0 bounds=(--min-iou 0.9 --box-tol 0.025 --score-tol 0.06)
+  if [ ${#EXACT[@]} -gt 0 ]; then bounds=(--min-iou 0.99 --score-tol 0.01); fi
   "$PROJECT_PY" "$SRC/scripts/compare_detections.py" compare "$WORK/litert.json" \
-    "$WORK/legacy.json" --min-iou 0.9 --box-tol 0.025 --score-tol 0.06 --report "$REPORT" --runtime-b tflite_runtime.interpreter \
+    "$WORK/legacy.json" "${bounds[@]}" --report "$REPORT" --runtime-b tflite_runtime.interpreter \
     || rc=$?
   log "summary: legacy venv $cached in $t_venv s; total $(since "$total") s; report $REPORT"
   return "$rc"

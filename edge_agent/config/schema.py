@@ -150,10 +150,22 @@ class ModelConfig(Strict):
     format: Literal["auto", "ssd", "yolov8", "yolov5", "blazeface"] = "auto"
     threads: int = Field(2, ge=1, le=64)
     delegate: Literal["none", "edgetpu"] = "none"
+    exact: bool = Field(
+        False,
+        description="reference kernels and an exact resize: the same tensors with every TFLite "
+        "runtime on x86_64 and arm64 (int8 models bit for bit), 5-11x slower; for checking a "
+        "model or a device against another, not for production",
+    )
     nms_iou: float | None = Field(None, gt=0, le=1, description="default: the family's")
     anchors: AnchorsConfig = AnchorsConfig()
     max_detections: int = Field(100, ge=1, le=1000)
     input: InputConfig = InputConfig()
+
+    @model_validator(mode="after")
+    def _exact_on_the_cpu(self) -> ModelConfig:
+        if self.exact and self.delegate != "none":
+            raise ValueError("exact runs the reference kernels on the CPU: it needs delegate none")
+        return self
 
 
 class VideoSource(Strict):

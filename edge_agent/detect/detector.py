@@ -83,7 +83,9 @@ class Detector:
     ) -> None:
         self.cfg = cfg
         self.min_score = min_score
-        self.model: LoadedModel = model or load_model(cfg.path, cfg.threads, cfg.delegate)
+        self.model: LoadedModel = model or load_model(
+            cfg.path, cfg.threads, cfg.delegate, cfg.exact
+        )
         if len(self.model.inputs) != 1 or len(self.model.inputs[0].shape) != 4:
             shapes = [i.describe() for i in self.model.inputs]
             raise ModelError(f"expected one NHWC image input, found {shapes}", where=str(cfg.path))
@@ -179,6 +181,7 @@ class Detector:
             self.cfg.input.color == "rgb",
             self._normalize(),
             FAMILY_PAD.get(self.family, LETTERBOX_PAD),
+            exact=self.cfg.exact,
         )
 
     def _normalize(self) -> Normalize:

@@ -136,13 +136,32 @@ def load_delegate(runtime: str, delegate: str) -> Any:
         ) from None
 
 
-def load_model(path: Path, threads: int, delegate: str = "none") -> LoadedModel:
-    """Check, load and allocate a model; every failure is a ModelError naming the file."""
+def reference_resolver(runtime: str) -> Any:
+    """The runtime's OpResolverType.BUILTIN_REF: its reference kernels, no XNNPACK. Their
+    integer arithmetic is the same on every architecture and in every TFLite runtime, unlike
+    the optimized kernels (XNNPACK requantizes uint8 one way on x86 and another on ARM;
+    tflite-runtime 2.14 never hands int8 ops to XNNPACK while LiteRT does)."""
+    module = importlib.import_module(runtime)
+    kinds = getattr(module, "OpResolverType", None) or getattr(
+        getattr(module, "experimental", None), "OpResolverType", None
+    )
+    if kinds is None or not hasattr(kinds, "BUILTIN_REF"):
+        raise ModelError(f"{runtime} has no reference kernels", where="model.exact")
+    return kinds.BUILTIN_REF
+
+
+def load_model(
+    path: Path, threads: int, delegate: str = "none", exact: bool = False
+) -> LoadedModel:
+    """Check, load and allocate a model (with reference kernels when `exact`); every failure
+    is a ModelError naming the file."""
     check_tflite_file(path)
     cls, runtime = interpreter_class()
     extra: dict[str, Any] = {}
     if delegate != "none":
         extra["experimental_delegates"] = [load_delegate(runtime, delegate)]
+    if exact:
+        extra["experimental_op_resolver_type"] = reference_resolver(runtime)
     try:
         interp = cls(model_path=str(path), num_threads=threads, **extra)
         interp.allocate_tensors()
@@ -156,7 +175,8 @@ def load_model(path: Path, threads: int, delegate: str = "none") -> LoadedModel:
     ops = _ops(interp)
     inputs = [_spec(d) for d in interp.get_input_details()]
     outputs = [_spec(d) for d in interp.get_output_details()]
-    log.info("loaded %s with %s (%d threads)", path, runtime, threads)
+    kernels = "reference kernels" if exact else f"{threads} threads"
+    log.info("loaded %s with %s (%s)", path, runtime, kernels)
     return LoadedModel(interp, runtime, inputs, outputs, ops, _tensor_specs(interp))
 
 
