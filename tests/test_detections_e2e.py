@@ -152,9 +152,16 @@ def _accumulate(total: Agreement, one: Agreement) -> None:
     total.extra += one.extra
 
 
+# Every 3rd frame of the video (465 of 1394, spread over all of it) is re-detected by the
+# reference: a second full pass of YOLOv8n on a Pi-class CPU costs minutes of CI for little more.
+REFERENCE_STRIDE = 3
+
+
 def test_video_agrees_with_reference(run: Run) -> None:
     total = Agreement()
     for index, image in enumerate(_video_frames()):
+        if index % REFERENCE_STRIDE:
+            continue
         ref = run.reference(image, THRESHOLD - 0.08)
         _accumulate(total, agree(ref, run.frames["video"][index]["detections"], LEVEL))
     _check(total, f"{run.name} video")
