@@ -143,7 +143,7 @@ def test_broker_refusals_are_counted_not_delivered(qos: int, tmp: Path) -> None:
     cfg["cameras"]["lobby"]["samples"]["enabled"] = False
     agent = AgentProcess(write_config(tmp, cfg), env={"EDGE_AGENT_MQTT_PASSWORD": "pw"})
     try:
-        assert agent.wait(120) == 0, agent.output[-3000:]
+        assert agent.wait(300) == 0, agent.output[-3000:]
         assert sub.wait_for(lambda s: len(s.on(f"{device}/stats")) >= 1, 10)
         assert sub.on(f"{device}/lobby/detections") == []
         counters = _final_stats(sub, device)

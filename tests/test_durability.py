@@ -31,6 +31,10 @@ from tests.helpers import (
 
 MAX_INFLIGHT = 20
 
+# A whole replay of the person clip with SSD: about a minute on a Pi-class CPU. The limit only
+# catches a hang; it is no speed assertion.
+RUN_LIMIT = 300
+
 
 def _video_config(port: int, device: str, **source: Any) -> dict[str, Any]:
     cfg = base_config(
@@ -77,7 +81,7 @@ def test_broker_restart_mid_stream(tmp: Path) -> None:
         broker.stop()
         time.sleep(2)
         broker.start()
-        assert agent.wait(120) == 0, agent.output[-2000:]
+        assert agent.wait(RUN_LIMIT) == 0, agent.output[-2000:]
         assert "connection to broker lost" in agent.output
         assert sub.wait_for(
             lambda s: len({b["frame"] for b in _detections(s, "restart-1")}) >= 1394, 30
@@ -152,7 +156,7 @@ def test_kill9_loses_nothing_committed(broker: Broker, tmp: Path) -> None:
     proxy.up()
     second = AgentProcess(path, "--log-level", "debug")
     try:
-        assert second.wait(120) == 0, second.output[-2000:]
+        assert second.wait(RUN_LIMIT) == 0, second.output[-2000:]
         assert re.search(r"outbox holds \d+ messages .* from a previous run", second.output)
         received = {m.json()["id"] for m in sub.on("kill-1/lobby/detections")}
         sub.wait_for(
@@ -189,10 +193,10 @@ def test_outage_longer_than_the_outbox(broker: Broker, tmp: Path) -> None:
     try:
         assert agent.wait_for_line("outbox full", 60)
         rss_early = agent.rss_kib()
-        assert agent.wait_for_line("all cameras finished", 120)
+        assert agent.wait_for_line("all cameras finished", RUN_LIMIT)
         rss_late = agent.rss_kib()
         proxy.up()
-        assert agent.wait(120) == 0, agent.output[-2000:]
+        assert agent.wait(RUN_LIMIT) == 0, agent.output[-2000:]
         counters = _final_counters(agent.output)
         dropped_samples = counters.get("outbox.dropped.samples", 0)
         published = counters["samples.published.lobby"]

@@ -618,7 +618,7 @@ def test_cli_salvages_a_damaged_outbox_and_delivers_everything(tmp: Path) -> Non
         lost = set(_leaf_rowids(path.read_bytes(), page, 4096))
         _damage(path, page)
         agent = AgentProcess(_agent_config(tmp, broker, path))
-        assert agent.wait(120) == 0, agent.output
+        assert agent.wait(300) == 0, agent.output
         expected = {f"id{i}" for i in range(2000) if i + 1 not in lost}  # seq = i + 1
         sub.wait_for(lambda s: len(s.on("old/detections")) >= len(expected), 10)
         sub.wait_for(lambda s: len(s.on("cam/detections")) >= N_IMAGES, 10)
@@ -648,7 +648,7 @@ def test_cli_second_agent_on_the_same_outbox_exits_2(tmp: Path) -> None:
         assert len(errors) == 1, second.output
         assert f"(pid {first.proc.pid}: edge-agent run --config {config})" in errors[0]
         assert "Traceback" not in second.output
-        assert first.wait(120) == 0, first.output
+        assert first.wait(300) == 0, first.output
         sub.wait_for(lambda s: len(s.on("cam/detections")) >= N_IMAGES, 10)
         frames = sorted(m.json()["frame"] for m in sub.on("cam/detections"))
         assert frames == list(range(N_IMAGES))
@@ -673,7 +673,7 @@ def test_cli_batch_run_on_a_disk_that_fills_up_exits_0(tmp: Path) -> None:
             filler = folder / "filler"
             os.truncate(filler, filler.stat().st_size - 40_000)  # room to open, not to run
             agent = AgentProcess(_agent_config(tmp, broker, path))
-            assert agent.wait(120) == 0, agent.output
+            assert agent.wait(300) == 0, agent.output
             assert "write failed (database or disk is full)" in agent.output
             assert "delete failed (database or disk is full)" in agent.output
             assert "Traceback" not in agent.output

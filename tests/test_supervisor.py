@@ -215,7 +215,7 @@ def test_camera_failed_by_user_error_is_not_exit_zero(tmp: Path) -> None:
     cams = {"pi": {"source": {"type": "picamera2"}}, "replay": replay}
     agent = AgentProcess(write_config(tmp, _config(broker.port, cams)))
     try:
-        assert agent.wait(120) == 2, agent.output[-3000:]
+        assert agent.wait(300) == 2, agent.output[-3000:]
         images = len([p for p in IMAGES.iterdir() if p.is_file()])
         assert sub.wait_for(lambda s: _frames(s, "replay") == images, 10)
         assert sub.wait_for(lambda s: _last_state(s, "pi") == "failed", 10)
