@@ -258,6 +258,8 @@ def _format_errors(
             msg = "too few values" if isinstance(loc[-1], int) else "required key is missing"
         elif err["type"] == "union_tag_not_found":
             msg = f"required key '{err['ctx']['discriminator'].strip(chr(39))}' is missing"
+        elif err["type"] == "value_error":  # a validator's own words, without pydantic's prefix
+            msg = msg.removeprefix("Value error, ")
         elif err["type"] == "union_tag_invalid":
             tag = show(str(err["ctx"]["tag"]))
             msg = f"unknown type {tag} (known: {err['ctx']['expected_tags']})"
