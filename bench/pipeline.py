@@ -46,6 +46,7 @@ from pipeline_config import (  # noqa: E402
     THREADS,
     config,
     cut,
+    interpreters,
     second_floor,
     wiring_accepted,
 )
@@ -179,24 +180,29 @@ def throughput(
 def peak_rss(port: int, model: str, clip: Path, wired: bool) -> list[dict[str, Any]]:
     """Peak memory of one replay of the clip at full speed, one camera: first with the shared
     libraries and the model read from disk (as after a boot), then again with them in the
-    page cache as the first run left them."""
-    cfg = config(port, model, {"type": "video", "path": str(clip)}, wired)
+    page cache as the first run left them; with the per-camera pipeline keys, also the
+    `split` setting of the throughput part (one interpreter, so one arena, per thread)."""
+    source = {"type": "video", "path": str(clip)}
     model_files = [p for p in (SHARED / "models").rglob("*") if p.is_file()]
+    runs = [("cold", False), ("warm", False)] + ([("warm", True)] if wired else [])
     rows = []
-    for cache in ("cold", "warm"):
+    for cache, split in runs:
         if cache == "cold":
             evict_libraries(model_files)
+        cfg = config(port, model, source, wired, split=split)
         sub = Receiver(port, load_config(cfg).config.device_id)
         try:
             peak = run_child(cfg)
             time.sleep(0.2)  # the final stats message
         finally:
             sub.close()
+        workers, threads = interpreters(split)
         rows.append(
             {
                 "model": model,
                 "source": "replay",
                 "page_cache": cache,
+                "interpreters": f"{workers} x {threads} thread{'s' if threads > 1 else ''}",
                 "rss_mib": peak.hwm / 1024,
                 "anon_mib": peak.anon / 1024,
                 "file_mib": peak.file / 1024,
@@ -320,12 +326,15 @@ def collect(args: argparse.Namespace, port: int) -> dict[str, Any]:
     # A live camera has the motion gate on by default; off, every frame meets the detector.
     gates = ((False,) if args.quick else (False, True)) if wired else (None,)
     first = args.models[0]
+    # The children's memory is measured first, before this process loads the interpreter
+    # runtime itself: pages of a library this process maps cannot leave the page cache, and a
+    # kernel that caches files in large folios maps them whole into the child (~20 MB more).
     parts: dict[str, Callable[[], Any]] = {
-        "throughput": lambda: throughput(port, args.models, car, reps, wired),
         "rss": lambda: [row for m in args.models for row in peak_rss(port, m, car, wired)],
         "latency": lambda: [
             live_latency(port, m, car, seconds, wired, g) for m in args.models for g in gates
         ],
+        "throughput": lambda: throughput(port, args.models, car, reps, wired),
         "motion": lambda: motion_runs(port, first, [(car, "car"), (person, "person")], wired),
         "profile": lambda: profile_run(port, first, car, wired),
     }

@@ -106,7 +106,8 @@ def _memory(res: dict[str, Any]) -> list[str]:
     rows = [
         [
             r["model"],
-            f"{r['source']}, libraries {r.get('page_cache', '?')}",
+            f"{r['source']}, {r.get('interpreters', '1 interpreter')}, libraries "
+            f"{r.get('page_cache', '?')}",
             f"{r['rss_mib']:.1f}",
             _mib(r.get("anon_mib")),
             _mib(r.get("file_mib")),
@@ -130,7 +131,9 @@ def _memory(res: dict[str, Any]) -> list[str]:
         "`cold`: the shared libraries and the model were dropped from the page cache before the "
         "run (a device after boot). `warm`: the same run again. Files written moments ago (a "
         "fresh `pip install`) can add ~40 MiB of shared, clean file pages on kernels that cache "
-        "ext4 files in large folios; the anonymous (private) part does not change."
+        "ext4 files in large folios; the anonymous (private) part does not change. "
+        "`2 x 1 thread`: the throughput part's `split` setting; each interpreter has its own "
+        "tensor arena and packed weights. The live runs use one interpreter with 2 threads."
     )
     return ["## Peak RSS of `edge-agent run`, one camera", "", note, "", *_table(head, rows)]
 

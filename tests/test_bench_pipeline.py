@@ -70,10 +70,14 @@ def test_cpu_by_thread_adds_up_to_the_agent_total(report) -> None:
 @pytest.mark.slow
 def test_memory_and_latency_rows(report) -> None:
     memory = rows(report[0], "## Peak RSS")
-    assert [r[1] for r in memory[:2]] == ["replay, libraries cold", "replay, libraries warm"]
-    assert memory[2][1].startswith("live MJPEG")
+    assert [r[1] for r in memory[:3]] == [
+        "replay, 1 x 2 threads, libraries cold",
+        "replay, 1 x 2 threads, libraries warm",
+        "replay, 2 x 1 thread, libraries warm",  # the split setting: an arena per interpreter
+    ]
+    assert memory[3][1].startswith("live MJPEG")
     assert all(float(r[2]) > 50 for r in memory)  # an agent with a model is tens of MiB
-    for replay in memory[:2]:  # peak RSS >= each part's peak; both parts present
+    for replay in memory[:3]:  # peak RSS >= each part's peak; both parts present
         rss, anon, file = (float(c) for c in replay[2:5])
         assert rss + 0.1 >= max(anon, file) and anon > 10 and file > 10
     (latency,) = rows(report[0], "## Live latency")

@@ -6,6 +6,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -281,3 +282,70 @@ def test_counters_snapshot_is_a_copy() -> None:
     snap = counters.snapshot()
     counters.inc("a")
     assert snap == {"a": 1} and counters.get("a") == 2
+
+
+# ---- Detections: selections and derivations keep every per-box array aligned
+
+
+def _boxes() -> Detections:
+    xyxy = np.array([[0.1, 0.2, 0.3, 0.6], [0.5, 0.5, 0.9, 0.7], [0.4, 0.1, 0.4, 0.2]], np.float32)
+    return Detections(
+        xyxy,
+        np.array([0.9, 0.4, 0.7], np.float32),
+        np.array([0, 2, 1], np.int64),
+        tracker_id=np.array([5, -1, 7], np.int64),
+        keypoints=np.arange(12, dtype=np.float32).reshape(3, 2, 2),
+        data={"sub": np.array([10, 20, 30])},
+    )
+
+
+@pytest.mark.parametrize(
+    ("selector", "rows"),
+    [
+        (np.array([True, False, True]), [0, 2]),
+        (np.array([2, 0]), [2, 0]),
+        (slice(1, None), [1, 2]),
+        (np.zeros(3, bool), []),
+    ],
+)
+def test_detections_selection_keeps_rows_together(selector: Any, rows: list[int]) -> None:
+    full = _boxes()
+    part = full[selector]
+    assert len(part) == len(rows)
+    assert part.xyxy.tolist() == full.xyxy[rows].tolist()
+    assert part.score.tolist() == full.score[rows].tolist()
+    assert part.class_id.tolist() == full.class_id[rows].tolist()
+    assert part.tracked.tolist() == full.tracked[rows].tolist()
+    assert part.keypoints is not None and part.keypoints.shape == (len(rows), 2, 2)
+    assert part.data["sub"].tolist() == full.data["sub"][rows].tolist()
+
+
+@pytest.mark.parametrize(
+    ("anchor", "expected"),
+    [
+        ("bottom_center", [[0.2, 0.6], [0.7, 0.7], [0.4, 0.2]]),
+        ("center", [[0.2, 0.4], [0.7, 0.6], [0.4, 0.15]]),
+        ("top_center", [[0.2, 0.2], [0.7, 0.5], [0.4, 0.1]]),
+        ("top_left", [[0.1, 0.2], [0.5, 0.5], [0.4, 0.1]]),
+        ("bottom_left", [[0.1, 0.6], [0.5, 0.7], [0.4, 0.2]]),
+    ],
+)
+def test_detections_anchor_points(anchor: Any, expected: list[list[float]]) -> None:
+    points = _boxes().anchors(anchor)
+    assert points.dtype == np.float32 and points.shape == (3, 2)
+    assert np.allclose(points, expected, atol=1e-6)
+
+
+def test_detections_area_and_refused_mismatches() -> None:
+    dets = _boxes()
+    area = dets.area()
+    assert area.dtype == np.float32
+    assert np.allclose(area, [0.08, 0.08, 0.0], atol=1e-6)  # a zero-width box has no area
+    assert dets.with_tracker_id(np.array([1, 2, 3])).tracked.tolist() == [1, 2, 3]
+    assert dets.with_data(extra=np.ones(3)).data.keys() == {"sub", "extra"}
+    with pytest.raises(ValueError, match="3 boxes"):
+        dets.with_tracker_id(np.array([1, 2]))
+    with pytest.raises(ValueError, match="3 rows"):
+        dets.with_data(extra=np.ones(4))
+    with pytest.raises(ValueError, match="disagree"):
+        Detections(dets.xyxy, dets.score[:2], dets.class_id)
