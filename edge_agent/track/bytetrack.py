@@ -52,7 +52,7 @@ def _assign(sim: npt.NDArray[np.floating], least: float) -> tuple[IndexArray, In
 
     cost = np.ascontiguousarray(1.0 - sim, dtype=np.float64)
     _, x, _ = lap.lapjv(cost, extend_cost=True, return_cost=True)
-    rows = np.flatnonzero(x >= 0)
+    rows = np.nonzero(x >= 0)[0]
     cols = x[rows].astype(np.intp)
     ok = sim[rows, cols] >= least
     return rows[ok], cols[ok]
@@ -141,9 +141,11 @@ class Tracker:
             (codes == _TENTATIVE, high, fused, cfg.new_match_iou),
         )
         for track_ok, box_ok, sim, least in stages:
-            t_idx = np.flatnonzero(track_ok & ~taken)
-            d_idx = np.flatnonzero(box_ok & (owner < 0))
-            rows, cols = _assign(sim[np.ix_(t_idx, d_idx)], least)
+            t_idx = np.nonzero(track_ok & ~taken)[0]
+            d_idx = np.nonzero(box_ok & (owner < 0))[0]
+            if not len(t_idx) or not len(d_idx):
+                continue  # nothing to match in this stage (most frames skip one or two)
+            rows, cols = _assign(sim[t_idx[:, None], d_idx], least)
             owner[d_idx[cols]] = t_idx[rows]
             taken[t_idx[rows]] = True
         return owner

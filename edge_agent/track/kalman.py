@@ -16,25 +16,33 @@ Array = npt.NDArray[np.float64]
 POS_WEIGHT = 1.0 / 20  # ByteTrack's std of position, relative to the box size
 VEL_WEIGHT = 1.0 / 160  # ByteTrack's std of velocity, relative to the box size
 _H = np.hstack([np.eye(4), np.zeros((4, 4))])
+_EYE8 = np.eye(8)
+_SHIFT = np.eye(8, k=4)  # position += dt x velocity
+_DIAG = np.arange(8)
 
 
 def xyxy_to_cxcywh(xyxy: npt.NDArray[np.floating]) -> Array:
     """(N,4) xyxy boxes as (N,4) centre x, centre y, width, height."""
     b = np.asarray(xyxy, np.float64)
-    wh = b[:, 2:] - b[:, :2]
-    return np.hstack([b[:, :2] + wh / 2, wh])
+    out = np.empty_like(b)
+    np.subtract(b[:, 2:], b[:, :2], out=out[:, 2:])
+    np.add(b[:, :2], out[:, 2:] / 2, out=out[:, :2])
+    return out
 
 
 def cxcywh_to_xyxy(c: Array) -> Array:
     """(N,4) centre/size boxes as xyxy."""
     half = c[:, 2:4] / 2
-    return np.hstack([c[:, :2] - half, c[:, :2] + half])
+    out = np.empty((len(c), 4), c.dtype)
+    np.subtract(c[:, :2], half, out=out[:, :2])
+    np.add(c[:, :2], half, out=out[:, 2:])
+    return out
 
 
 def _size4(mean: Array) -> Array:
-    """(N,4) the longer side of each state's box, repeated: the scale of its noise."""
-    side = np.maximum(np.maximum(mean[:, 2], mean[:, 3]), 1e-6)
-    return np.repeat(side[:, None], 4, axis=1)
+    """(N,1) the longer side of each state's box: the scale of its noise (broadcasts over
+    the four coordinates)."""
+    return np.maximum(np.maximum(mean[:, 2], mean[:, 3]), 1e-6)[:, None]
 
 
 def initiate(boxes: Array) -> tuple[Array, Array]:
@@ -42,21 +50,26 @@ def initiate(boxes: Array) -> tuple[Array, Array]:
     n = len(boxes)
     mean = np.hstack([boxes, np.zeros((n, 4))])
     size = _size4(mean)
-    std = np.hstack([2 * POS_WEIGHT * size, 10 * VEL_WEIGHT * size])
+    std = np.empty((n, 8))
+    std[:, :4] = 2 * POS_WEIGHT * size
+    std[:, 4:] = 10 * VEL_WEIGHT * size
     cov = np.zeros((n, 8, 8))
-    cov[:, np.arange(8), np.arange(8)] = std**2
+    cov[:, _DIAG, _DIAG] = std**2
     return mean, cov
 
 
 def predict(mean: Array, cov: Array, dt: float) -> tuple[Array, Array]:
     """Advance every state by dt frames."""
-    f = np.eye(8)
-    f[np.arange(4), np.arange(4) + 4] = dt
+    f = _EYE8 + dt * _SHIFT
     size = _size4(mean)
-    q = np.hstack([POS_WEIGHT * size, VEL_WEIGHT * size]) ** 2 * max(dt, 1.0)
+    q = np.empty((len(mean), 8))
+    q[:, :4] = POS_WEIGHT * size
+    q[:, 4:] = VEL_WEIGHT * size
+    q **= 2
+    q *= max(dt, 1.0)
     new_mean = mean @ f.T
     new_cov = f @ cov @ f.T
-    new_cov[:, np.arange(8), np.arange(8)] += q
+    new_cov[:, _DIAG, _DIAG] += q
     return new_mean, new_cov
 
 
@@ -64,7 +77,7 @@ def correct(mean: Array, cov: Array, boxes: Array) -> tuple[Array, Array]:
     """Correct (N,8) states with (N,4) cxcywh measurements, pairwise."""
     r = (POS_WEIGHT * _size4(mean)) ** 2
     s = cov[:, :4, :4].copy()
-    s[:, np.arange(4), np.arange(4)] += r
+    s[:, _DIAG[:4], _DIAG[:4]] += r
     pht = cov[:, :, :4]  # P H^T
     # K = P H^T S^-1, solved as S K^T = (P H^T)^T since S is symmetric.
     gain = np.linalg.solve(s, np.transpose(pht, (0, 2, 1))).transpose(0, 2, 1)
