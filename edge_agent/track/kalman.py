@@ -18,7 +18,9 @@ VEL_WEIGHT = 1.0 / 160  # ByteTrack's std of velocity, relative to the box size
 _H = np.hstack([np.eye(4), np.zeros((4, 4))])
 _EYE8 = np.eye(8)
 _SHIFT = np.eye(8, k=4)  # position += dt x velocity
-_DIAG = np.arange(8)
+_DIAG = np.arange(8)  # the diagonal, as fancy indices
+for _constant in (_H, _EYE8, _SHIFT, _DIAG):
+    _constant.setflags(write=False)  # shared by every tracker: never written
 
 
 def xyxy_to_cxcywh(xyxy: npt.NDArray[np.floating]) -> Array:
@@ -39,7 +41,7 @@ def cxcywh_to_xyxy(c: Array) -> Array:
     return out
 
 
-def _size4(mean: Array) -> Array:
+def _scale(mean: Array) -> Array:
     """(N,1) the longer side of each state's box: the scale of its noise (broadcasts over
     the four coordinates)."""
     return np.maximum(np.maximum(mean[:, 2], mean[:, 3]), 1e-6)[:, None]
@@ -49,7 +51,7 @@ def initiate(boxes: Array) -> tuple[Array, Array]:
     """States for new tracks from (N,4) cxcywh measurements: zero velocity, wide covariance."""
     n = len(boxes)
     mean = np.hstack([boxes, np.zeros((n, 4))])
-    size = _size4(mean)
+    size = _scale(mean)
     std = np.empty((n, 8))
     std[:, :4] = 2 * POS_WEIGHT * size
     std[:, 4:] = 10 * VEL_WEIGHT * size
@@ -61,7 +63,7 @@ def initiate(boxes: Array) -> tuple[Array, Array]:
 def predict(mean: Array, cov: Array, dt: float) -> tuple[Array, Array]:
     """Advance every state by dt frames."""
     f = _EYE8 + dt * _SHIFT
-    size = _size4(mean)
+    size = _scale(mean)
     q = np.empty((len(mean), 8))
     q[:, :4] = POS_WEIGHT * size
     q[:, 4:] = VEL_WEIGHT * size
@@ -75,7 +77,7 @@ def predict(mean: Array, cov: Array, dt: float) -> tuple[Array, Array]:
 
 def correct(mean: Array, cov: Array, boxes: Array) -> tuple[Array, Array]:
     """Correct (N,8) states with (N,4) cxcywh measurements, pairwise."""
-    r = (POS_WEIGHT * _size4(mean)) ** 2
+    r = (POS_WEIGHT * _scale(mean)) ** 2
     s = cov[:, :4, :4].copy()
     s[:, _DIAG[:4], _DIAG[:4]] += r
     pht = cov[:, :, :4]  # P H^T
