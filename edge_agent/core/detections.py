@@ -175,4 +175,5 @@ def box_iou(a: FloatArray, b: FloatArray) -> FloatArray:
     area_a = np.maximum(ax2 - ax1, 0) * np.maximum(ay2 - ay1, 0)
     area_b = np.maximum(bx2 - bx1, 0) * np.maximum(by2 - by1, 0)
     union = area_a + area_b - inter
-    return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0).astype(np.float32)
+    iou = np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
+    return iou.astype(np.float32, copy=False)  # a copy only for float64 boxes

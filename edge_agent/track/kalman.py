@@ -21,6 +21,7 @@ _SHIFT = np.eye(8, k=4)  # position += dt x velocity
 _DIAG = np.arange(8)  # the diagonal, as fancy indices
 for _constant in (_H, _EYE8, _SHIFT, _DIAG):
     _constant.setflags(write=False)  # shared by every tracker: never written
+del _constant
 
 
 def xyxy_to_cxcywh(xyxy: npt.NDArray[np.floating]) -> Array:
