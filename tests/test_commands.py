@@ -494,6 +494,9 @@ def test_reload_refuses_a_broken_config_and_applies_a_changed_one(tmp_path: Path
     try:
         assert cmd.wait_for(lambda: cmd.on("lobby/detections")), agent.output[-3000:]
         pid = agent.proc.pid
+        # A late subscriber gets the retained snapshot only once the first one is out (a fast
+        # detector publishes detections well before the first snapshot tick).
+        assert cmd.wait_for(lambda: cmd.on("lobby/snapshot")), agent.output[-3000:]
         snap = _fresh_retained(broker.port, f"{BASE}/lobby/snapshot")
         assert snap is not None
         image = cv2.imdecode(np.frombuffer(snap.payload, np.uint8), cv2.IMREAD_COLOR)

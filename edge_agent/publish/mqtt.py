@@ -24,11 +24,11 @@ from paho.mqtt.enums import MQTTErrorCode
 from edge_agent.config.schema import MqttConfig
 from edge_agent.health import Counters
 from edge_agent.publish.client import Backoff, publish_properties, read_password
+from edge_agent.publish.netloop import Waker, network_turn
 from edge_agent.publish.outbox import Outbox
 from edge_agent.publish.payloads import OutMessage
 from edge_agent.publish.session import ACK_BATCH as ACK_BATCH  # moved; re-exported
-from edge_agent.publish.session import ACK_DELAY as ACK_DELAY
-from edge_agent.publish.session import LOOP_TIMEOUT, BrokerSession
+from edge_agent.publish.session import ACK_DELAY, LOOP_TIMEOUT, BrokerSession
 from edge_agent.publish.session import TRANSIENT_REFUSALS as TRANSIENT_REFUSALS
 
 __all__ = ["Backoff", "MqttPublisher", "read_password"]
@@ -37,6 +37,13 @@ log = logging.getLogger(__name__)
 
 EXPIRE_EVERY = 10.0  # seconds between outbox age checks
 STABLE_AFTER = 10.0  # seconds a connection must last before the reconnect backoff resets
+# Longest sleep of an idle, connected publisher: keepalive pings and housekeeping run at least
+# this often; new messages, acknowledgements and commands wake it at once.
+IDLE_WAIT = 1.0
+# Messages staged while the publisher is busy wait until this long after its last commit, so
+# a busy camera's messages are committed and sent in groups (one transaction for many); a
+# message staged while it sleeps wakes it at once.
+LINGER = 0.01
 
 
 class MqttPublisher(BrokerSession):
@@ -47,6 +54,7 @@ class MqttPublisher(BrokerSession):
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._next_expire = 0.0
+        self._waker = Waker()
 
     def start(self) -> None:
         """Start the publisher thread (it connects in the background and keeps retrying)."""
@@ -69,6 +77,7 @@ class MqttPublisher(BrokerSession):
         thread; whatever still does not fit is quarantined when its turn comes."""
         self.outbox.put(self.guard.fit(msg))
         self.counters.inc(f"mqtt.queued.{msg.kind}")
+        self._waker.wake()
 
     def undelivered(self) -> int:
         """Messages in the outbox (queued or in flight)."""
@@ -91,6 +100,7 @@ class MqttPublisher(BrokerSession):
     def close(self, timeout: float = 3.0) -> None:
         """Publish `offline` (retained), disconnect, stop the thread, close the outbox."""
         self._stop.set()
+        self._waker.wake()
         if self._thread is not None:
             self._thread.join(timeout + 5)
             if self._thread.is_alive():
@@ -99,6 +109,8 @@ class MqttPublisher(BrokerSession):
         if left and not self.outbox.mode.startswith("memory"):
             log.warning("%d messages stay in the outbox for the next run", left)
         self.outbox.close()  # says itself what an in-memory outbox loses
+        if self._thread is None or not self._thread.is_alive():
+            self._waker.close()
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -128,7 +140,7 @@ class MqttPublisher(BrokerSession):
                 return
             self._start_connect()
             return
-        rc = self.client.loop(timeout=LOOP_TIMEOUT)
+        rc = self._network(now)
         self._drain_events()
         if rc != MQTTErrorCode.MQTT_ERR_SUCCESS and self._socket_open:
             self._lost(f"network loop: {paho.error_string(rc)}")
@@ -138,6 +150,25 @@ class MqttPublisher(BrokerSession):
         if now >= self._next_expire:
             self.outbox.expire()
             self._next_expire = now + EXPIRE_EVERY
+
+    def _network(self, now: float) -> MQTTErrorCode:
+        """paho's network I/O, sleeping until there is something to do."""
+        # `sleeping` goes up before the last look for work: a producer staging a message
+        # after that look sees it and wakes this thread (Waker).
+        self._waker.sleeping = True
+        try:
+            if self._stop.is_set():
+                timeout = 0.0
+            elif self.outbox.has_staged:  # work known: no wake-up needed, only the linger
+                self._waker.sleeping = False
+                timeout = max(0.0, now + LINGER - time.monotonic())
+            elif self._acked:  # acknowledged, waiting to be deleted in one batch
+                timeout = max(0.0, self._last_ack_flush + ACK_DELAY - now)
+            else:
+                timeout = IDLE_WAIT
+            return network_turn(self.client, self._waker, timeout)
+        finally:
+            self._waker.sleeping = False
 
     def _props(self, msg: OutMessage, props: Any) -> Any:
         return props if self.inbox is None else self.inbox.reply_properties(msg.id, props)

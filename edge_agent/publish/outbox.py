@@ -125,6 +125,11 @@ class Outbox:
                 return
         self.flush()
 
+    @property
+    def has_staged(self) -> bool:
+        """Whether messages wait to be committed (a plain read: a hint, never a promise)."""
+        return bool(self._staged)
+
     def flush(self) -> None:
         """Commit staged messages, applying the size limit (drops are counted)."""
         with self._lock:
