@@ -51,7 +51,7 @@ from pipeline_config import (  # noqa: E402
     wiring_accepted,
 )
 from pipeline_profile import profiled_agent, summarize, thread_cpu  # noqa: E402
-from pipeline_report import chart, markdown  # noqa: E402
+from pipeline_report import AGENTS, chart, markdown  # noqa: E402
 
 from edge_agent.config.loader import load_config  # noqa: E402
 from edge_agent.config.schema import ModelConfig  # noqa: E402
@@ -153,11 +153,11 @@ def agent_run(cfg: Path) -> tuple[Run, dict[str, int]]:
 def throughput(
     port: int, models: list[str], clip: Path, reps: int, wired: bool
 ) -> dict[str, dict[str, list[Run]]]:
-    """Bare, agent and split-agent runs interleaved per model, `reps` times:
-    {model: {kind: runs}}. `agent` has one interpreter with the bare loop's threads; `split`
-    (with the per-camera pipeline keys) the same number of threads as one-thread
-    interpreters in as many detect workers."""
-    kinds = ("bare", "agent", "split") if wired else ("bare", "agent")
+    """Bare and agent runs interleaved per model, `reps` times: {model: {kind: runs}}.
+    `agent` has one interpreter with the bare loop's threads; `split` (with the per-camera
+    pipeline keys) the same number of threads as one-thread interpreters in as many detect
+    workers; `-nosteps`: the same with nothing after detection (pipeline_config.NO_STEPS)."""
+    kinds = ("bare", *AGENTS) if wired else ("bare", "agent")
     runs: dict[str, dict[str, list[Run]]] = {m: {k: [] for k in kinds} for m in models}
     warm = cut(clip, 20)  # first use of the decoder, the model files and the imports, untimed
     for model in models:
@@ -168,7 +168,8 @@ def throughput(
             runs[model]["bare"].append(bare_loop(model, clip))
             for kind in kinds[1:]:
                 source = {"type": "video", "path": str(clip)}
-                cfg = config(port, model, source, wired, split=kind == "split")
+                split, no_steps = kind.startswith("split"), kind.endswith("-nosteps")
+                cfg = config(port, model, source, wired, split=split, no_steps=no_steps)
                 runs[model][kind].append(agent_run(cfg)[0])
             logging.info("rep %d %s: %s", rep, model, runs[model])
     return runs

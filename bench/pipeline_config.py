@@ -53,6 +53,14 @@ def camera_wiring(label: str, motion: bool | None) -> dict[str, Any]:
 
 RUNTIME_WIRING: dict[str, Any] = {"detect_workers": 1}
 
+# Nothing after detection but the object filter: no tracking, no zones, nothing published per
+# frame. What the agent's threads cost by themselves (capture, hand-offs, output decoding).
+NO_STEPS: dict[str, Any] = {"track": {"enabled": False}, "events": {"publish_detections": False}}
+
+
+def _wiring(label: str, motion: bool | None, no_steps: bool) -> dict[str, Any]:
+    return dict(NO_STEPS) if no_steps else camera_wiring(label, motion)
+
 
 def interpreters(split: bool) -> tuple[int, int]:
     """(detect workers, threads per interpreter) of an agent run: one interpreter with THREADS
@@ -89,8 +97,10 @@ def config(
     motion: bool | None = None,
     floor: float | None = None,
     split: bool = False,
+    no_steps: bool = False,
 ) -> Path:
-    """Write an agent config (one camera `cam`) to a fresh folder; returns its path."""
+    """Write an agent config (one camera `cam`) to a fresh folder; returns its path.
+    `no_steps`: NO_STEPS instead of the pipeline keys (with `wired`)."""
     folder = Path(tempfile.mkdtemp(prefix="bench-pipeline-", dir=WORK))
     path, labels = MODELS[model]
     cam: dict[str, Any] = {"source": source}
@@ -100,7 +110,7 @@ def config(
         "device_id": f"bench-{folder.name[-8:].replace('_', '-')}",
         "mqtt": {"host": "127.0.0.1", "port": port, "topic_prefix": "edge"},
         "model": {"path": str(SHARED / "models" / path), "labels": str(SHARED / "models" / labels)},
-        "cameras": {CAM: cam | (camera_wiring(label, motion) if wired else {})},
+        "cameras": {CAM: cam | (_wiring(label, motion, no_steps) if wired else {})},
         "outbox": {"path": str(folder / "outbox.db")},
         "log": {"level": "warning", "format": "text"},
     }

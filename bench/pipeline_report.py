@@ -12,6 +12,8 @@ PENDING = "pending"  # a figure that needs the per-camera pipeline keys the agen
 AGENTS = {
     "agent": "agent, 1 interpreter x {t} threads",
     "split": "agent, {t} interpreters x 1 thread",
+    "agent-nosteps": "agent, 1 interpreter x {t} threads, no steps after detection",
+    "split-nosteps": "agent, {t} interpreters x 1 thread, no steps after detection",
 }
 
 
@@ -62,7 +64,9 @@ def _throughput(res: dict[str, Any]) -> list[str]:
         "",
         f"The bare loop runs one interpreter with {threads} threads. `agent` runs the same "
         f"interpreter; `split` the same {threads} threads as {threads} one-thread interpreters "
-        "(`runtime.detect_workers`), each taking whole frames. Best of the repetitions "
+        "(`runtime.detect_workers`), each taking whole frames. `no steps after detection`: the "
+        "same two, with no tracking, zones, events or per-frame messages (the object filter "
+        "only): what the agent's threads and hand-offs cost by themselves. Best of the repetitions "
         "(fastest frames/s, least CPU per frame) and the median of the per-pair ratios; a pair "
         "is one bare run and the agent run right after it.",
         "",

@@ -43,11 +43,15 @@ def rows(text: str, marker: str) -> list[list[str]]:
 
 @pytest.mark.slow
 def test_throughput_ratios_are_positive_numbers(report) -> None:
-    one, split = rows(report[0], "## Throughput")
+    table = rows(report[0], "## Throughput")
     threads = pipeline.THREADS
-    assert one[:2] == ["ssd", f"agent, 1 interpreter x {threads} threads"]
-    assert split[:2] == ["ssd", f"agent, {threads} interpreters x 1 thread"]
-    for row in (one, split):
+    assert [r[:2] for r in table] == [
+        ["ssd", f"agent, 1 interpreter x {threads} threads"],
+        ["ssd", f"agent, {threads} interpreters x 1 thread"],
+        ["ssd", f"agent, 1 interpreter x {threads} threads, no steps after detection"],
+        ["ssd", f"agent, {threads} interpreters x 1 thread, no steps after detection"],
+    ]
+    for row in table:
         bare, agent = (int(n) for n in row[2].split("/"))
         assert bare == agent == pipeline.QUICK_FRAMES
         for cell in row[3:11]:  # fps, ratios, CPU ms/frame, ratios
@@ -57,7 +61,7 @@ def test_throughput_ratios_are_positive_numbers(report) -> None:
 @pytest.mark.slow
 def test_cpu_by_thread_adds_up_to_the_agent_total(report) -> None:
     table = rows(report[0], "CPU ms per frame by thread")
-    assert [r[1] for r in table] == ["agent", "split"]
+    assert [r[1] for r in table] == ["agent", "split", "agent-nosteps", "split-nosteps"]
     head = next(ln for ln in report[0].splitlines() if ln.startswith("| model | agent | bare"))
     names = [c.strip() for c in head.strip("|").split("|")][4:]
     assert {"detect", "camera steps", "mqtt", "capture", "main", "interpreter pool"} <= set(names)
