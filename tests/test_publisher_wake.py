@@ -104,7 +104,9 @@ def test_submit_wakes_a_sleeping_publisher(
         total = 1 + producers * per_thread
         # Every message arrives long before one idle wait ends: no wake-up was lost.
         assert sub.wait_for(lambda s: len(s.messages) >= total, 10), len(sub.messages)
-        assert counters.get("mqtt.delivered.detections") == total
+        # ... and every acknowledgement is taken, without an idle wait either.
+        delivered = lambda: counters.get("mqtt.delivered.detections")  # noqa: E731
+        assert _wait(lambda: delivered() == total, 10), delivered()
     finally:
         pub.close()
         sub.close()
@@ -141,3 +143,28 @@ def test_waker_only_writes_to_a_sleeper() -> None:
         assert readable == []
     finally:
         waker.close()
+
+
+def test_message_staged_while_busy_is_not_left_for_the_idle_wait(
+    broker: Broker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A message staged while the publisher is between waits (no wake-up is written) and
+    committed by the next turn must still go out in that turn, not after the idle wait. The
+    turns run on the test's thread, so the message lands exactly in that window."""
+    monkeypatch.setattr(mqtt_module, "IDLE_WAIT", 0.05)
+    sub = Subscriber(broker.port, "edge/wake-busy/cam/#")
+    pub, _ = _publisher(broker.port, "wake-busy")
+    try:
+        assert _wait(lambda: (pub._turn(), pub.connected)[1], 10)  # connect, on this thread
+        for _ in range(10):
+            pub._turn()  # the status message out and acknowledged
+        monkeypatch.setattr(mqtt_module, "IDLE_WAIT", 30.0)
+        pub.submit(_msg("wake-busy", 1))  # the publisher is not sleeping: no wake-up byte
+        start = time.monotonic()
+        pub._turn()
+        assert time.monotonic() - start < 5  # not the 30 s idle wait
+        assert sub.wait_for(lambda s: len(s.messages) == 1, 10)
+    finally:
+        pub._stop.set()
+        pub.close()
+        sub.close()

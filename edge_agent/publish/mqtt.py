@@ -40,9 +40,9 @@ STABLE_AFTER = 10.0  # seconds a connection must last before the reconnect backo
 # Longest sleep of an idle, connected publisher: keepalive pings and housekeeping run at least
 # this often; new messages, acknowledgements and commands wake it at once.
 IDLE_WAIT = 1.0
-# Messages staged while the publisher is busy wait until this long after its last commit, so
-# a busy camera's messages are committed and sent in groups (one transaction for many); a
-# message staged while it sleeps wakes it at once.
+# Messages wait until this long after the outbox's last commit, so a busy camera's messages
+# are committed and sent in groups (one transaction for many); a message staged after a quiet
+# spell goes out at once.
 LINGER = 0.01
 
 
@@ -125,11 +125,14 @@ class MqttPublisher(BrokerSession):
             self._goodbye()
         except Exception:
             log.exception("mqtt shutdown failed")
+        finally:
+            self._waker.close()
 
     def _turn(self) -> None:
         """One iteration: commit, connect if needed, network I/O, events, feeding, housekeeping."""
-        self.outbox.flush()
         now = time.monotonic()
+        if not self.connected or now - self.outbox.last_commit >= LINGER:
+            self.outbox.flush()  # (while connected the feeder's fetch commits as well)
         self.guard.flush_logs(now)
         if self._connector is not None:
             self._finish_connect()
@@ -158,17 +161,43 @@ class MqttPublisher(BrokerSession):
         self._waker.sleeping = True
         try:
             if self._stop.is_set():
-                timeout = 0.0
-            elif self.outbox.has_staged:  # work known: no wake-up needed, only the linger
-                self._waker.sleeping = False
-                timeout = max(0.0, now + LINGER - time.monotonic())
-            elif self._acked:  # acknowledged, waiting to be deleted in one batch
-                timeout = max(0.0, self._last_ack_flush + ACK_DELAY - now)
-            else:
-                timeout = IDLE_WAIT
-            return network_turn(self.client, self._waker, timeout)
+                return network_turn(self.client, self._waker, 0.0)
+            if not self._has_work():
+                wait = IDLE_WAIT
+                if self._acked:  # acknowledged, waiting to be deleted in one batch
+                    wait = max(0.0, self._last_ack_flush + ACK_DELAY - now)
+                self._waker.woken = False
+                rc = network_turn(self.client, self._waker, wait)
+                if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or not self._waker.woken:
+                    return rc  # the broker replied, or a deadline came
         finally:
             self._waker.sleeping = False
+        # Work for the feeder: it waits until LINGER after the last commit, so what producers
+        # stage meanwhile is committed with it (the broker's replies are read meanwhile).
+        deadline = self.outbox.last_commit + LINGER
+        while True:
+            rc = network_turn(self.client, self._waker, max(0.0, deadline - time.monotonic()))
+            if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or time.monotonic() >= deadline:
+                return rc
+            if self._stop.is_set() or (self._events and self._events[-1].kind != "ack"):
+                return rc  # stopping, or a connect/disconnect to act on now
+
+    def _has_work(self) -> bool:
+        """Staged messages, or committed ones the feeder has not taken while it has room."""
+        if self.outbox.has_staged:
+            return True
+        if not self.outbox.unfetched or not self.connected:
+            return False
+        return len(self._inflight) < self._window()
+
+    def _window(self) -> int:
+        """How many messages may be in flight now."""
+        # Only a window's worth goes to paho: its own queue is scanned on every PUBACK. While a
+        # message is suspected of taking the connection down, it travels alone.
+        window = 1 if self.guard.probing else self.cfg.max_inflight
+        if self._receive_max:  # the broker's own limit, one slot kept for the status message
+            window = max(1, min(window, self._receive_max - 1))
+        return window
 
     def _props(self, msg: OutMessage, props: Any) -> Any:
         return props if self.inbox is None else self.inbox.reply_properties(msg.id, props)
@@ -178,12 +207,7 @@ class MqttPublisher(BrokerSession):
 
     def _feed(self) -> None:
         """Hand outbox messages to paho while connected, up to the in-flight window."""
-        # Only a window's worth goes to paho: its own queue is scanned on every PUBACK. While a
-        # message is suspected of taking the connection down, it travels alone.
-        window = 1 if self.guard.probing else self.cfg.max_inflight
-        if self._receive_max:  # the broker's own limit, one slot kept for the status message
-            window = max(1, min(window, self._receive_max - 1))
-        room = window - len(self._inflight)
+        room = self._window() - len(self._inflight)
         if not self.connected or room <= 0:
             return
         props = publish_properties(self.cfg)

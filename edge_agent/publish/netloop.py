@@ -29,6 +29,7 @@ class Waker:
         self._read.setblocking(False)
         self._write.setblocking(False)
         self.sleeping = False
+        self.woken = False  # set when a select() returned for a wake-up
 
     def wake(self) -> None:
         """Interrupt the publisher's wait (cheap when it is not waiting)."""
@@ -43,7 +44,8 @@ class Waker:
         return self._read.fileno()
 
     def drain(self) -> None:
-        """Forget pending wake-ups."""
+        """Take the pending wake-ups (sets `woken`)."""
+        self.woken = True
         with contextlib.suppress(OSError):  # BlockingIOError: nothing (more) to read
             while self._read.recv(4096):
                 pass

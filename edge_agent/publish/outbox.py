@@ -81,6 +81,10 @@ class Outbox:
         self._file_lock = lock
         self._staged: list[OutMessage] = []
         self._staged_bytes = 0
+        # For the publisher's wait: committed messages no fetch has returned yet, and when
+        # the last commit was (time.monotonic()).
+        self._unfetched = False
+        self.last_commit = 0.0
         # Committed messages not yet fetched, so the hot path never reads back from disk.
         self._fresh: deque[Stored] = deque()
         self._fresh_bytes = 0
@@ -130,6 +134,12 @@ class Outbox:
         """Whether messages wait to be committed (a plain read: a hint, never a promise)."""
         return bool(self._staged)
 
+    @property
+    def unfetched(self) -> bool:
+        """Whether messages were committed since a fetch last returned all it could (a
+        producer that commits by itself, or a commit just before the publisher's wait)."""
+        return self._unfetched
+
     def flush(self) -> None:
         """Commit staged messages, applying the size limit (drops are counted)."""
         with self._lock:
@@ -150,6 +160,7 @@ class Outbox:
                 self._bytes += size
             if items:
                 self._tiers.insert(items)
+                self._unfetched, self.last_commit = True, time.monotonic()
                 if not self._sync():  # a salvage recounted: the cache would be stale
                     self._remember(items)
         if log.isEnabledFor(logging.DEBUG):  # per-message audit trail, only when asked
@@ -215,20 +226,26 @@ class Outbox:
         """Commit what is staged, then up to `limit` messages with seq > after, oldest first."""
         self.flush()
         with self._lock:
-            fresh = self._fresh
-            while fresh and fresh[0].seq <= after:
-                self._fresh_bytes -= len(fresh.popleft().msg.payload)
-            if fresh and fresh[0].seq == after + 1:
-                out: list[Stored] = []
-                while fresh and len(out) < limit:
-                    out.append(fresh.popleft())
-                    self._fresh_bytes -= len(out[-1].msg.payload)
-                return out
-            if after >= self._seq:
-                return []  # nothing committed beyond: no read (the idle loop polls this)
-            found = self._tiers.read(after, limit)
-            self._sync()
+            found = self._read_after(after, limit)
+            if len(found) < limit:
+                self._unfetched = False  # everything committed so far has been handed out
             return found
+
+    def _read_after(self, after: int, limit: int) -> list[Stored]:
+        fresh = self._fresh
+        while fresh and fresh[0].seq <= after:
+            self._fresh_bytes -= len(fresh.popleft().msg.payload)
+        if fresh and fresh[0].seq == after + 1:
+            out: list[Stored] = []
+            while fresh and len(out) < limit:
+                out.append(fresh.popleft())
+                self._fresh_bytes -= len(out[-1].msg.payload)
+            return out
+        if after >= self._seq:
+            return []  # nothing committed beyond: no read (the idle loop polls this)
+        found = self._tiers.read(after, limit)
+        self._sync()
+        return found
 
     def ack(self, items: Sequence[Stored]) -> None:
         """Remove messages the broker acknowledged; they count as delivered even when the
