@@ -118,6 +118,16 @@ class Received:
         return json.loads(self.payload)
 
 
+def wait_until(predicate: Any, timeout: float, step: float = 0.1) -> bool:
+    """Poll predicate until true or timeout."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(step)
+    return bool(predicate())
+
+
 @dataclass
 class Subscriber:
     """Collects every message on `topic` from a broker (QoS 1)."""
@@ -158,12 +168,7 @@ class Subscriber:
 
     def wait_for(self, predicate: Any, timeout: float) -> bool:
         """Poll until predicate(self) is true."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if predicate(self):
-                return True
-            time.sleep(0.05)
-        return bool(predicate(self))
+        return wait_until(lambda: predicate(self), timeout, 0.05)
 
     def close(self) -> None:
         """Disconnect."""

@@ -17,7 +17,6 @@ import sqlite3
 import subprocess
 import sys
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -30,7 +29,7 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from tests.helpers import IMAGES, MEDIA, ROOT, YOLO_LABELS, AgentProcess, Broker
+from tests.helpers import IMAGES, MEDIA, ROOT, YOLO_LABELS, AgentProcess, Broker, wait_until
 
 COCO8 = IMAGES / "coco8" / "train"
 COCO8_LABELS = MEDIA / "annotations" / "coco8" / "labels" / "train"
@@ -249,16 +248,6 @@ def index_ids(out: Path) -> list[str]:
         return []
     with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10) as conn:
         return [r[0] for r in conn.execute("SELECT id FROM samples ORDER BY seq")]
-
-
-def wait_until(predicate: Any, timeout: float, step: float = 0.1) -> bool:
-    """Poll predicate until true or timeout."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(step)
-    return bool(predicate())
 
 
 class Publisher:

@@ -13,7 +13,6 @@ import re
 import shutil
 import signal
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,6 +45,7 @@ from tests.helpers import (
     AgentProcess,
     Broker,
     base_config,
+    wait_until,
     write_config,
 )
 from tests.test_systemd import Listener
@@ -110,12 +110,7 @@ class Commander:
 
     def wait_for(self, predicate: Any, timeout: float = WAIT) -> bool:
         """Poll until predicate() is true."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if predicate():
-                return True
-            time.sleep(0.05)
-        return bool(predicate())
+        return wait_until(predicate, timeout, 0.05)
 
     def send(
         self,

@@ -19,7 +19,7 @@ from edge_agent.publish.mqtt import MqttPublisher
 from edge_agent.publish.netloop import Waker
 from edge_agent.publish.outbox import MemoryStore, Outbox
 from edge_agent.publish.payloads import OutMessage, new_id
-from tests.helpers import Broker, Subscriber
+from tests.helpers import Broker, Subscriber, wait_until
 
 
 def _publisher(port: int, device: str) -> tuple[MqttPublisher, Counters]:
@@ -32,15 +32,6 @@ def _publisher(port: int, device: str) -> tuple[MqttPublisher, Counters]:
 def _msg(device: str, i: int) -> OutMessage:
     body = json.dumps({"i": i}).encode()
     return OutMessage(new_id(), f"edge/{device}/cam/detections", body, "detections", 1)
-
-
-def _wait(predicate: Any, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return bool(predicate())
 
 
 def _counting_turns(monkeypatch: pytest.MonkeyPatch) -> list[float]:
@@ -61,7 +52,7 @@ def test_idle_publisher_sleeps(broker: Broker, monkeypatch: pytest.MonkeyPatch) 
     pub, _ = _publisher(broker.port, "wake-idle")
     pub.start()
     try:
-        assert _wait(lambda: pub.connected and not pub.undelivered(), 10)
+        assert wait_until(lambda: pub.connected and not pub.undelivered(), 10)
         time.sleep(0.5)  # the `online` status acknowledged and its deletion flushed
         before = len(calls)
         time.sleep(3.0)
@@ -83,7 +74,7 @@ def test_submit_wakes_a_sleeping_publisher(
     pub.start()
     per_thread = 50
     try:
-        assert _wait(lambda: pub.connected and not pub.undelivered(), 10)
+        assert wait_until(lambda: pub.connected and not pub.undelivered(), 10)
         time.sleep(0.5)  # asleep now, for up to 30 s
         start = time.monotonic()
         pub.submit(_msg(device, -1))
@@ -106,7 +97,7 @@ def test_submit_wakes_a_sleeping_publisher(
         assert sub.wait_for(lambda s: len(s.messages) >= total, 10), len(sub.messages)
         # ... and every acknowledgement is taken, without an idle wait either.
         delivered = lambda: counters.get("mqtt.delivered.detections")  # noqa: E731
-        assert _wait(lambda: delivered() == total, 10), delivered()
+        assert wait_until(lambda: delivered() == total, 10), delivered()
     finally:
         pub.close()
         sub.close()
@@ -118,7 +109,7 @@ def test_close_wakes_a_sleeping_publisher(broker: Broker, monkeypatch: pytest.Mo
     pub, _ = _publisher(broker.port, "wake-close")
     pub.start()
     try:
-        assert _wait(lambda: pub.connected and not pub.undelivered(), 10)
+        assert wait_until(lambda: pub.connected and not pub.undelivered(), 10)
         assert sub.wait_for(lambda s: b"online" in [m.payload for m in s.messages], 10)
         time.sleep(0.5)
         start = time.monotonic()
@@ -155,7 +146,7 @@ def test_message_staged_while_busy_is_not_left_for_the_idle_wait(
     sub = Subscriber(broker.port, "edge/wake-busy/cam/#")
     pub, _ = _publisher(broker.port, "wake-busy")
     try:
-        assert _wait(lambda: (pub._turn(), pub.connected)[1], 10)  # connect, on this thread
+        assert wait_until(lambda: (pub._turn(), pub.connected)[1], 10)  # connect, on this thread
         for _ in range(10):
             pub._turn()  # the status message out and acknowledged
         monkeypatch.setattr(mqtt_module, "IDLE_WAIT", 30.0)
